@@ -1,0 +1,87 @@
+"""Timing helpers shared by the benchmarks: medians over repeats after warm-up, device
+events on GPUs, and the copy bandwidth of the same run (the floor every kernel is held to)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, *, warmup: int = 3, repeats: int = 15,
+                   min_seconds: float = 0.0) -> float:
+    """Median wall time of `fn()` (device events on CUDA, perf_counter on the CPU).
+    Runs at least `repeats` times and at least `min_seconds` in all."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, n_bytes: int = 256 << 20) -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read plus written."""
+    src = torch.rand(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), device, repeats=20)
+    return 2 * n_bytes / seconds
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def last_level_cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
+    try:  # Linux sysfs, e.g. "32768K"
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+        return int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1], 0)
+    except (OSError, ValueError):
+        return 64 << 20
+
+
+class Rotation:
+    """Cycles through enough copies of an input set that one pass exceeds the cache,
+    so repeated calls measure memory, not cache (METHOD.md: input rotation)."""
+
+    def __init__(self, make_set, set_bytes: int, device: torch.device):
+        cache = last_level_cache_bytes(device)
+        copies = max(1, -(-2 * cache // max(set_bytes, 1)))
+        self.sets = [make_set() for _ in range(copies)]
+        self.index = 0
+
+    def next(self):
+        item = self.sets[self.index]
+        self.index = (self.index + 1) % len(self.sets)
+        return item

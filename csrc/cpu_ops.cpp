@@ -1,0 +1,131 @@
+// farzi_fast._C: the CPU backend. OpenMP loops over flat buffers, bound with pybind11 over
+// raw pointers and sizes. Nothing here links to libtorch, so one build serves every torch
+// version. Validation happens in Python (farzi_fast/ops/validation.py) before these run.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "adam_math.h"
+
+namespace py = pybind11;
+using farzi_fast::AdamCoefficients;
+using farzi_fast::make_coefficients;
+
+namespace {
+
+// One binary serves every x86-64 machine: GCC compiles each loop for AVX-512, AVX2 and the
+// baseline and picks the widest the CPU has when the module loads.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FF_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FF_CPU_CLONES
+#endif
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelThreshold = 1 << 15;
+
+template <typename T>
+FF_CPU_CLONES void adam_step_loop(T* __restrict w, const T* __restrict g, T* __restrict m,
+                                  T* __restrict v, int64_t n, AdamCoefficients<T> c,
+                                  int threads) {
+#pragma omp parallel for simd schedule(static) num_threads(threads) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) farzi_fast::adam_forward(w[i], g[i], m[i], v[i], c);
+}
+
+template <typename T, bool kHasHvp>
+FF_CPU_CLONES double reverse_params_loop(T* __restrict w, const T* __restrict m,
+                                         const T* __restrict v, T* __restrict w_bar,
+                                         T* __restrict m_bar, T* __restrict v_bar,
+                                         const T* __restrict hvp, int64_t n,
+                                         AdamCoefficients<T> c, int threads) {
+  double lr_grad = 0.0;
+#pragma omp parallel for simd schedule(static) num_threads(threads) \
+    reduction(+ : lr_grad) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) {
+    const T h = kHasHvp ? hvp[i] : T(0);
+    lr_grad += static_cast<double>(farzi_fast::adam_reverse_params(
+        w[i], m[i], v[i], w_bar[i], m_bar[i], v_bar[i], h, kHasHvp, c));
+  }
+  return lr_grad;
+}
+
+template <typename T>
+FF_CPU_CLONES void reverse_moments_loop(T* __restrict m, T* __restrict v,
+                                        const T* __restrict g, const T* __restrict m_bar,
+                                        const T* __restrict v_bar, T* __restrict g_bar,
+                                        int64_t n, AdamCoefficients<T> c, int threads) {
+#pragma omp parallel for simd schedule(static) num_threads(threads) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i)
+    farzi_fast::adam_reverse_moments(m[i], v[i], g[i], m_bar[i], v_bar[i], g_bar[i], c);
+}
+
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+void adam_step(uintptr_t w, uintptr_t g, uintptr_t m, uintptr_t v, int64_t n, bool is_double,
+               double lr, double beta1, double beta2, double eps, double weight_decay,
+               int64_t step, int threads) {
+  if (is_double) {
+    adam_step_loop(ptr<double>(w), ptr<double>(g), ptr<double>(m), ptr<double>(v), n,
+                   make_coefficients<double>(lr, beta1, beta2, eps, weight_decay, step),
+                   threads);
+  } else {
+    adam_step_loop(ptr<float>(w), ptr<float>(g), ptr<float>(m), ptr<float>(v), n,
+                   make_coefficients<float>(lr, beta1, beta2, eps, weight_decay, step),
+                   threads);
+  }
+}
+
+template <typename T>
+double reverse_params_typed(uintptr_t w, uintptr_t m, uintptr_t v, uintptr_t w_bar,
+                            uintptr_t m_bar, uintptr_t v_bar, uintptr_t hvp, int64_t n,
+                            AdamCoefficients<T> c, int threads) {
+  if (hvp != 0) {
+    return reverse_params_loop<T, true>(ptr<T>(w), ptr<T>(m), ptr<T>(v), ptr<T>(w_bar),
+                                        ptr<T>(m_bar), ptr<T>(v_bar), ptr<T>(hvp), n, c,
+                                        threads);
+  }
+  return reverse_params_loop<T, false>(ptr<T>(w), ptr<T>(m), ptr<T>(v), ptr<T>(w_bar),
+                                       ptr<T>(m_bar), ptr<T>(v_bar), nullptr, n, c, threads);
+}
+
+double adam_reverse_params(uintptr_t w, uintptr_t m, uintptr_t v, uintptr_t w_bar,
+                           uintptr_t m_bar, uintptr_t v_bar, uintptr_t hvp, int64_t n,
+                           bool is_double, double lr, double beta1, double beta2, double eps,
+                           double weight_decay, int64_t step, int threads) {
+  if (is_double) {
+    return reverse_params_typed<double>(
+        w, m, v, w_bar, m_bar, v_bar, hvp, n,
+        make_coefficients<double>(lr, beta1, beta2, eps, weight_decay, step), threads);
+  }
+  return reverse_params_typed<float>(
+      w, m, v, w_bar, m_bar, v_bar, hvp, n,
+      make_coefficients<float>(lr, beta1, beta2, eps, weight_decay, step), threads);
+}
+
+void adam_reverse_moments(uintptr_t m, uintptr_t v, uintptr_t g, uintptr_t m_bar,
+                          uintptr_t v_bar, uintptr_t g_bar, int64_t n, bool is_double,
+                          double beta1, double beta2, int threads) {
+  // The moment reversal does not depend on lr, eps, weight decay or the step.
+  if (is_double) {
+    reverse_moments_loop(ptr<double>(m), ptr<double>(v), ptr<double>(g), ptr<double>(m_bar),
+                         ptr<double>(v_bar), ptr<double>(g_bar), n,
+                         make_coefficients<double>(0.0, beta1, beta2, 0.0, 0.0, 1), threads);
+  } else {
+    reverse_moments_loop(ptr<float>(m), ptr<float>(v), ptr<float>(g), ptr<float>(m_bar),
+                         ptr<float>(v_bar), ptr<float>(g_bar), n,
+                         make_coefficients<float>(0.0, beta1, beta2, 0.0, 0.0, 1), threads);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "farzi_fast CPU kernels over raw pointers (validated by farzi_fast.ops)";
+  const auto release_gil = py::call_guard<py::gil_scoped_release>();
+  module.def("adam_step", &adam_step, release_gil);
+  module.def("adam_reverse_params", &adam_reverse_params, release_gil);
+  module.def("adam_reverse_moments", &adam_reverse_moments, release_gil);
+}

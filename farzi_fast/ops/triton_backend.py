@@ -1,0 +1,153 @@
+"""The `triton` backend: one Triton kernel per op over flat buffers (a base pointer plus
+offsets, no pointer tables), so the same kernels also run on the CPU under
+TRITON_INTERPRET=1.
+
+Scalars travel as float64 (`tl.float64` annotations) and become element-type constants through
+`tl.full((), x, dtype)`, like the C++ backends cast their double coefficients; under the
+interpreter (which passes raw Python floats and ignores the annotations) the same call builds
+the constant straight from the double, so float64 stays exact there too. For float32 the kernels divide
+and take square roots with IEEE rounding (`div_rn`, `sqrt_rn`) as torch does; Triton's default
+float32 `/` and `sqrt` are approximate on GPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .hyper import AdamHyper, step_coefficients
+
+_BLOCK = 1024
+
+
+@triton.jit
+def _div(a, b, IEEE_FP32: tl.constexpr):
+    if IEEE_FP32:
+        result = tl.div_rn(a, b)
+    else:
+        result = a / b
+    return result
+
+
+@triton.jit
+def _sqrt(x, IEEE_FP32: tl.constexpr):
+    if IEEE_FP32:
+        result = tl.sqrt_rn(x)
+    else:
+        result = tl.sqrt(x)
+    return result
+
+
+@triton.jit
+def _adam_step_kernel(w_ptr, g_ptr, m_ptr, v_ptr, n,
+                      beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64,
+                      one_minus_beta2: tl.float64, eps: tl.float64, step_size: tl.float64,
+                      bias2_sqrt: tl.float64, decay: tl.float64,
+                      BLOCK: tl.constexpr, IEEE_FP32: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    w = tl.load(w_ptr + offsets, mask=mask)
+    g = tl.load(g_ptr + offsets, mask=mask)
+    m = tl.load(m_ptr + offsets, mask=mask)
+    v = tl.load(v_ptr + offsets, mask=mask)
+    dt = w.dtype
+    m = tl.full((), beta1, dt) * m + tl.full((), one_minus_beta1, dt) * g
+    v = tl.full((), beta2, dt) * v + tl.full((), one_minus_beta2, dt) * (g * g)
+    d = _div(_sqrt(v, IEEE_FP32), tl.full((), bias2_sqrt, dt), IEEE_FP32) + tl.full((), eps, dt)
+    w = w * tl.full((), decay, dt) - tl.full((), step_size, dt) * _div(m, d, IEEE_FP32)
+    tl.store(w_ptr + offsets, w, mask=mask)
+    tl.store(m_ptr + offsets, m, mask=mask)
+    tl.store(v_ptr + offsets, v, mask=mask)
+
+
+@triton.jit
+def _reverse_params_kernel(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, hvp_ptr,
+                           partials_ptr, n,
+                           beta1: tl.float64, beta2: tl.float64, eps: tl.float64,
+                           step_size: tl.float64, bias2_sqrt: tl.float64,
+                           inv_bias1: tl.float64, decay: tl.float64, weight_decay: tl.float64,
+                           HAS_HVP: tl.constexpr, BLOCK: tl.constexpr,
+                           IEEE_FP32: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    w = tl.load(w_ptr + offsets, mask=mask)
+    m = tl.load(m_ptr + offsets, mask=mask)
+    v = tl.load(v_ptr + offsets, mask=mask)
+    w_bar = tl.load(w_bar_ptr + offsets, mask=mask)
+    m_bar = tl.load(m_bar_ptr + offsets, mask=mask)
+    v_bar = tl.load(v_bar_ptr + offsets, mask=mask)
+    dt = w.dtype
+    if HAS_HVP:
+        w_bar = w_bar + tl.load(hvp_ptr + offsets, mask=mask)
+        m_bar = tl.full((), beta1, dt) * m_bar
+        v_bar = tl.full((), beta2, dt) * v_bar
+    step = tl.full((), step_size, dt)
+    root_v = _sqrt(v, IEEE_FP32)
+    d = _div(root_v, tl.full((), bias2_sqrt, dt), IEEE_FP32) + tl.full((), eps, dt)
+    direction = _div(m, d, IEEE_FP32)
+    w_prev = _div(w + step * direction, tl.full((), decay, dt), IEEE_FP32)
+    m_bar = m_bar + w_bar * _div(-step, d, IEEE_FP32)
+    v_term = w_bar * _div(step * m, d * d * (2.0 * root_v * tl.full((), bias2_sqrt, dt)), IEEE_FP32)
+    v_bar = v_bar + tl.where(v > 0, v_term, 0.0)
+    lr_term = w_bar * (-tl.full((), weight_decay, dt) * w_prev - direction * tl.full((), inv_bias1, dt))
+    lr_term = tl.where(mask, lr_term, 0.0).to(tl.float64)
+    tl.store(partials_ptr + tl.program_id(0), tl.sum(lr_term, axis=0))
+    tl.store(w_ptr + offsets, w_prev, mask=mask)
+    tl.store(w_bar_ptr + offsets, w_bar * tl.full((), decay, dt), mask=mask)
+    tl.store(m_bar_ptr + offsets, m_bar, mask=mask)
+    tl.store(v_bar_ptr + offsets, v_bar, mask=mask)
+
+
+@triton.jit
+def _reverse_moments_kernel(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr, n,
+                            beta1: tl.float64, beta2: tl.float64,
+                            one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
+                            BLOCK: tl.constexpr, IEEE_FP32: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    m = tl.load(m_ptr + offsets, mask=mask)
+    v = tl.load(v_ptr + offsets, mask=mask)
+    g = tl.load(g_ptr + offsets, mask=mask)
+    m_bar = tl.load(m_bar_ptr + offsets, mask=mask)
+    v_bar = tl.load(v_bar_ptr + offsets, mask=mask)
+    dt = m.dtype
+    omb1 = tl.full((), one_minus_beta1, dt)
+    omb2 = tl.full((), one_minus_beta2, dt)
+    g_bar = omb1 * m_bar + (2.0 * omb2) * (g * v_bar)
+    m_prev = _div(m - omb1 * g, tl.full((), beta1, dt), IEEE_FP32)
+    v_prev = _div(v - omb2 * (g * g), tl.full((), beta2, dt), IEEE_FP32)
+    tl.store(g_bar_ptr + offsets, g_bar, mask=mask)
+    tl.store(m_ptr + offsets, m_prev, mask=mask)
+    tl.store(v_ptr + offsets, tl.maximum(v_prev, 0.0), mask=mask)
+
+
+def _grid(n: int) -> tuple[int]:
+    return (triton.cdiv(n, _BLOCK),)
+
+
+def adam_step(w, g, m, v, step: int, hyper: AdamHyper) -> None:
+    c = step_coefficients(hyper, step)
+    _adam_step_kernel[_grid(w.numel())](
+        w, g, m, v, w.numel(), hyper.beta1, hyper.beta2, 1.0 - hyper.beta1, 1.0 - hyper.beta2,
+        hyper.eps, c.step_size, c.bias2_sqrt, c.decay,
+        BLOCK=_BLOCK, IEEE_FP32=w.dtype == torch.float32)
+
+
+def adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, step: int,
+                        hyper: AdamHyper) -> torch.Tensor:
+    c = step_coefficients(hyper, step)
+    grid = _grid(w.numel())
+    partials = torch.empty(grid[0], dtype=torch.float64, device=w.device)
+    _reverse_params_kernel[grid](
+        w, m, v, w_bar, m_bar, v_bar, w if hvp is None else hvp, partials, w.numel(),
+        hyper.beta1, hyper.beta2, hyper.eps, c.step_size, c.bias2_sqrt, c.inv_bias1, c.decay,
+        hyper.weight_decay, HAS_HVP=hvp is not None, BLOCK=_BLOCK,
+        IEEE_FP32=w.dtype == torch.float32)
+    return partials.sum()
+
+
+def adam_reverse_moments(m, v, g, m_bar, v_bar, g_bar, hyper: AdamHyper) -> None:
+    _reverse_moments_kernel[_grid(m.numel())](
+        m, v, g, m_bar, v_bar, g_bar, m.numel(), hyper.beta1, hyper.beta2,
+        1.0 - hyper.beta1, 1.0 - hyper.beta2, BLOCK=_BLOCK, IEEE_FP32=m.dtype == torch.float32)

@@ -1,0 +1,47 @@
+"""Shared fixtures. Without a GPU the Triton kernels run under TRITON_INTERPRET=1, which must
+be set before triton is first imported, so it is set here, at collection."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from farzi_fast.ops import available_backends  # noqa: E402  (after TRITON_INTERPRET)
+from farzi_fast.ops.dispatch import triton_interpreting  # noqa: E402
+
+DATA_DIR = Path(os.environ.get("FARZI_FAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# The compiled backends on the devices they serve; the interpreter also runs Triton on the CPU.
+BACKEND_DEVICES = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda"), ("triton", "cpu")]
+
+
+def backend_params():
+    params = []
+    for backend, device in BACKEND_DEVICES:
+        marks = [pytest.mark.cuda] if device == "cuda" else []
+        params.append(pytest.param((backend, device), id=f"{backend}-{device}", marks=marks))
+    return params
+
+
+@pytest.fixture(params=backend_params())
+def backend_device(request):
+    """(backend, device) pairs; skipped with the reason when this machine lacks them."""
+    backend, device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    if device == "cpu" and backend == "triton" and not triton_interpreting():
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    if backend not in available_backends():
+        pytest.skip(f"backend {backend!r} not built here (available: {available_backends()})")
+    return backend, torch.device(device)
+
+
+@pytest.fixture
+def data_dir():
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared data not found at {DATA_DIR} (set FARZI_FAST_DATA)")
+    return DATA_DIR
