@@ -5,7 +5,8 @@ Layers: :mod:`farzi_fast.ops` (fused kernels), :mod:`farzi_fast.engine` (meta-gr
 any nn.Module).
 """
 
+from .engine import meta_gradient, unroll
 from .ops import available_backends
 
 __version__ = "0.1.0"
-__all__ = ["available_backends"]
+__all__ = ["available_backends", "meta_gradient", "unroll"]

@@ -1,0 +1,189 @@
+"""`unroll()` and `meta_gradient()`: meta-gradients through T Adam steps of any nn.Module."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from ..ops.hyper import AdamHyper
+from .flat import FlatLayout, FunctionalModel
+from .inner import DriftReport, InnerProblem, run_forward, run_reverse
+
+# Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
+# Two effects need them (measurements in benchmarks/NOTES.md, "anchors"):
+# - reconstructing m divides by beta1 every step, so errors grow like beta1^-K between
+#   anchors K steps apart (float32 pure reversal is NaN by T = 300);
+# - in Adam's first steps the bias-corrected update is nearly g/|g|, whose derivative the
+#   reverse pass forms as the difference of two large terms; float32 errors in the
+#   reconstructed v survive that cancellation: with no exact head, anchors every 10 steps
+#   still gave 7e-2 relative error at T = 300, with the first 8 states exact 2e-6.
+DEFAULT_ANCHOR_EVERY = 25
+DEFAULT_ANCHOR_HEAD = 8
+
+
+class Trained(dict):
+    """The trained parameters, name -> tensor (views into one flat buffer), differentiable
+    with respect to meta, lr and init. After backward, `report` holds the drift report."""
+
+    report: DriftReport | None = None
+    inner_losses: torch.Tensor | None = None
+
+
+@dataclass
+class MetaGradient:
+    value: torch.Tensor            # the meta-objective F at the trained parameters
+    meta_grads: tuple              # dF/d meta[i] (None where meta[i] does not require grad)
+    lr_grad: torch.Tensor          # dF/dlr, float64 0-d
+    init_grads: dict               # name -> dF/dw0
+    report: DriftReport
+    inner_losses: torch.Tensor     # inner loss of every step
+
+
+def _count(name, value, minimum, meaning):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
+    return int(value)
+
+
+def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, anchor_head,
+             backend):
+    steps = _count("steps", steps, 1, "the number of inner Adam steps")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(f, t, *meta), got "
+                        f"{type(loss_fn).__name__}")
+    layout = FlatLayout.of(model)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    hyper = AdamHyper.checked(lr, betas[0], betas[1], eps, weight_decay, reversible=True)
+    anchor_every = _count("anchor_every", DEFAULT_ANCHOR_EVERY if anchor_every is None
+                          else anchor_every, 1, "steps between exact anchors")
+    anchor_head = _count("anchor_head", DEFAULT_ANCHOR_HEAD if anchor_head is None
+                         else anchor_head, 0, "first steps whose states are all kept")
+    from ..ops.dispatch import resolve
+
+    resolve(backend, layout.device)  # refuse an unusable backend before any work
+    return InnerProblem(FunctionalModel(model, layout), loss_fn, steps, hyper, anchor_every,
+                        anchor_head, backend)
+
+
+def _lr_value(lr):
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"lr must be a float or a floating-point scalar tensor, got a "
+                             f"{lr.dtype} tensor of shape {tuple(lr.shape)}")
+        return lr.detach().item()
+    return lr
+
+
+def _check_meta(meta, layout: FlatLayout) -> tuple:
+    if isinstance(meta, torch.Tensor) or not isinstance(meta, (tuple, list)):
+        raise TypeError("meta must be a tuple or list of tensors, e.g. meta=(x,)")
+    for i, x in enumerate(meta):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"meta[{i}] must be a tensor, got {type(x).__name__}")
+        if x.device != layout.device:
+            raise ValueError(f"meta[{i}] is on {x.device}, the model on {layout.device}: "
+                             f"move it with .to({str(layout.device)!r})")
+        if x.requires_grad and not x.is_floating_point():
+            raise ValueError(f"meta[{i}] requires grad but is {x.dtype}")
+    return tuple(meta)
+
+
+def _initial(layout: FlatLayout, model: nn.Module, init) -> torch.Tensor:
+    if init is None:
+        params = dict(model.named_parameters())
+        return torch.cat([params[n].detach().reshape(-1) for n in layout.names])
+    return layout.flatten(init, "init")
+
+
+class _UnrollFunction(torch.autograd.Function):
+    """w_T = unroll(lr, w0, *meta): forward runs the inner loop, backward its reverse."""
+
+    @staticmethod
+    def forward(ctx, problem, trained, lr_input, w0, *meta):
+        state = run_forward(problem, w0, meta)
+        ctx.problem, ctx.state, ctx.trained = problem, state, trained
+        ctx.lr_like = lr_input.detach() if lr_input is not None else None
+        ctx.save_for_backward(*meta)
+        trained.inner_losses = state.inner_losses
+        return state.w.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, w_bar):
+        if ctx.state is None:
+            raise RuntimeError("unroll() supports one backward pass: the reverse pass "
+                               "reconstructs the trajectory in place; call unroll() again")
+        meta = ctx.saved_tensors
+        needs = ctx.needs_input_grad[4:]
+        result = run_reverse(ctx.problem, ctx.state, w_bar, meta, needs)
+        ctx.state = None
+        ctx.trained.report = result.report
+        lr_grad = None
+        if ctx.needs_input_grad[2]:
+            lr_grad = result.lr_grad.to(ctx.lr_like.dtype).reshape(ctx.lr_like.shape)
+        return (None, None, lr_grad, result.w0_grad, *result.meta_grads)
+
+
+def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=0.0, init=None, anchor_every=None, anchor_head=None,
+           backend="auto") -> Trained:
+    """Train a functional copy of `model` for `steps` Adam steps; return its parameters.
+
+    `loss_fn(f, t, *meta)` is the inner loss of step t (1-based), where `f(*args, **kwargs)`
+    calls the model with the current parameters. Adam is torch.optim.Adam, or AdamW when
+    `weight_decay > 0`. The model's own parameters and buffers are left untouched.
+
+    The result (a dict name -> tensor) is differentiable: a backward through any function of
+    it fills `.grad` of the tensors in `meta` that require grad, of `lr` when it is a tensor
+    that requires grad, and of the `init` tensors (default: the model's parameters, detached)
+    that require grad. That backward is the reverse pass with the fused kernels: memory does
+    not grow with `steps` beyond one anchor (3 P values) every `anchor_every` steps (default
+    10; `anchor_every=steps` is pure reversal). One backward per call.
+    """
+    problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
+                       anchor_every, anchor_head, backend)
+    layout = problem.layout
+    meta = _check_meta(meta, layout)
+    w0 = _initial(layout, model, init)
+    lr_input = lr if isinstance(lr, torch.Tensor) else None
+    trained = Trained()
+    w_T = _UnrollFunction.apply(problem, trained, lr_input, w0, *meta)
+    trained.update(layout.views(w_T))
+    return trained
+
+
+def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999),
+                  eps=1e-8, weight_decay=0.0, init=None, anchor_every=None,
+                  anchor_head=None, backend="auto") -> MetaGradient:
+    """The meta-objective `outer_fn(f)` after `steps` inner Adam steps, and its gradients with
+    respect to every meta tensor that requires grad, the learning rate and the initial
+    parameters, in one call (same options as :func:`unroll`)."""
+    problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
+                       anchor_every, anchor_head, backend)
+    layout = problem.layout
+    meta = _check_meta(meta, layout)
+    w0 = _initial(layout, model, init).detach()
+    state = run_forward(problem, w0, meta)
+    needs = [x.requires_grad for x in meta]
+    with torch.enable_grad():
+        w_T = state.w.detach().requires_grad_()
+        value = outer_fn(problem.functional.bind(w_T))
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError("outer_fn must return a scalar tensor")
+        direct = [x for x in meta if x.requires_grad]
+        grads = torch.autograd.grad(value, [w_T, *direct], allow_unused=True)
+    w_bar = grads[0] if grads[0] is not None else torch.zeros_like(w_T)
+    result = run_reverse(problem, state, w_bar, meta, needs)
+    direct_grads = iter(grads[1:])
+    meta_grads = []
+    for g, need in zip(result.meta_grads, needs):
+        extra = next(direct_grads) if need else None
+        meta_grads.append(g + extra if extra is not None else g)
+    init_grads = {n: t.clone() for n, t in layout.views(result.w0_grad).items()}
+    return MetaGradient(value.detach(), tuple(meta_grads), result.lr_grad, init_grads,
+                        result.report, state.inner_losses)

@@ -1,0 +1,173 @@
+"""The inner loop (T Adam steps) forward, and its reverse pass with the fused kernels.
+
+Forward keeps only the final state (w_T, m_T, v_T), the exact anchors every K steps when
+asked, and one generator state per step. Reverse walks t = T..1: reconstruct w_{t-1}
+(ops.adam_reverse_params), recompute g_t at w_{t-1} with create_graph=True, reconstruct
+m_{t-1}, v_{t-1} and form g_bar (ops.adam_reverse_moments), and one double-backward call
+gives both Hessian-vector products, with respect to w and to the meta tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import ops
+from ..ops.hyper import AdamHyper
+from . import rng
+from .flat import FlatLayout, FunctionalModel
+
+
+@dataclass
+class InnerProblem:
+    """Everything that defines the inner loop, validated."""
+
+    functional: FunctionalModel
+    loss_fn: object  # loss_fn(f, t, *meta) -> scalar tensor
+    steps: int
+    hyper: AdamHyper
+    anchor_every: int
+    anchor_head: int
+    backend: str
+
+    def is_anchor(self, t: int) -> bool:
+        """Whether the exact state after step t is kept (never after the last step: the
+        reverse pass starts from that one)."""
+        return t < self.steps and (t <= self.anchor_head or t % self.anchor_every == 0)
+
+    @property
+    def layout(self) -> FlatLayout:
+        return self.functional.layout
+
+
+@dataclass
+class DriftReport:
+    """How far float reversal wandered from the true trajectory (relative L2 norms).
+
+    `w0` compares the reconstructed initial parameters with the true ones: a free health
+    check of every reverse pass. `anchors` maps each anchor step t to the drift of the
+    reconstructed (w_t, m_t, v_t) that re-anchoring corrected there.
+    """
+
+    w0: float = math.nan
+    anchors: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def max_anchor_drift(self) -> float:
+        return max((max(d.values()) for d in self.anchors.values()), default=0.0)
+
+
+@dataclass
+class ForwardState:
+    w0: torch.Tensor
+    w: torch.Tensor
+    m: torch.Tensor
+    v: torch.Tensor
+    anchors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    rng_states: list
+    inner_losses: torch.Tensor  # one per step, detached
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(torch.finfo(b.dtype).tiny)).item()
+
+
+def _inner_loss(problem: InnerProblem, w: torch.Tensor, t: int, meta) -> torch.Tensor:
+    loss = problem.loss_fn(problem.functional.bind(w), t, *meta)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor; at step {t} it returned {shape}")
+    if not loss.requires_grad:
+        raise ValueError(f"loss_fn's value at step {t} does not depend on the model's "
+                         f"parameters (it does not require grad)")
+    return loss.reshape(())
+
+
+def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
+    """T Adam steps from w0 (m0 = v0 = 0); nothing per step but a generator state."""
+    device = problem.layout.device
+    w = w0.detach().clone()
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    meta = [x.detach() for x in meta]
+    anchors, rng_states = {}, []
+    losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
+    h = problem.hyper
+    for t in range(1, problem.steps + 1):
+        rng_states.append(rng.capture(device))
+        with torch.enable_grad():
+            leaf = w.detach().requires_grad_()
+            loss = _inner_loss(problem, leaf, t, meta)
+            (g,) = torch.autograd.grad(loss, leaf)
+        changed = problem.functional.changed_buffers() if t == 1 else []
+        if changed:
+            raise ValueError(
+                f"the model changed its buffers {changed} during step {t}: the reverse pass "
+                f"recomputes every gradient and needs them fixed. Use model.eval() for "
+                f"BatchNorm-style layers (or track_running_stats=False); the model itself "
+                f"was not modified")
+        losses[t - 1] = loss.detach()
+        ops.adam_step(w, g, m, v, step=t, lr=h.lr, beta1=h.beta1, beta2=h.beta2, eps=h.eps,
+                      weight_decay=h.weight_decay, backend=problem.backend)
+        if problem.is_anchor(t):
+            anchors[t] = (w.clone(), m.clone(), v.clone())
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        t = int(bad[0]) + 1
+        raise ValueError(f"loss_fn returned a non-finite value ({losses[t - 1].item()}) at "
+                         f"step {t}")
+    return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses)
+
+
+@dataclass
+class ReverseResult:
+    meta_grads: list  # per meta tensor: gradient or None (when it does not require grad)
+    lr_grad: torch.Tensor  # float64 0-d
+    w0_grad: torch.Tensor
+    report: DriftReport
+
+
+def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor, meta,
+                meta_needs_grad) -> ReverseResult:
+    """Reverse pass from dF/dw_T. Consumes `state` (its buffers are reconstructed in place)."""
+    device = problem.layout.device
+    h = problem.hyper
+    kw = dict(lr=h.lr, beta1=h.beta1, beta2=h.beta2, eps=h.eps, weight_decay=h.weight_decay,
+              backend=problem.backend)
+    w, m, v = state.w, state.m, state.v
+    w_bar = w_bar.detach().clone()
+    m_bar, v_bar, g_bar = (torch.zeros_like(w) for _ in range(3))
+    lr_grad = torch.zeros((), dtype=torch.float64, device=device)
+    meta = [x.detach().requires_grad_(need) for x, need in zip(meta, meta_needs_grad)]
+    wanted = [x for x, need in zip(meta, meta_needs_grad) if need]
+    meta_bar = [torch.zeros_like(x) for x in wanted]
+    report = DriftReport()
+    hvp = None
+    with rng.preserved(device):
+        for t in range(problem.steps, 0, -1):
+            if t in state.anchors:
+                exact = state.anchors.pop(t)  # free each anchor once used
+                report.anchors[t] = {name: _relative(got, want) for name, got, want
+                                     in zip(("w", "m", "v"), (w, m, v), exact)}
+                for got, want in zip((w, m, v), exact):
+                    got.copy_(want)
+            lr_grad += ops.adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, step=t, **kw)
+            rng.restore(state.rng_states[t - 1], device)
+            with torch.enable_grad():
+                leaf = w.detach().requires_grad_()
+                loss = _inner_loss(problem, leaf, t, meta)
+                (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+                ops.adam_reverse_moments(m, v, g.detach(), m_bar, v_bar, g_bar,
+                                         beta1=h.beta1, beta2=h.beta2, backend=problem.backend)
+                hvps = torch.autograd.grad(g, [leaf, *wanted], grad_outputs=g_bar,
+                                           allow_unused=True)
+            hvp = hvps[0] if hvps[0] is not None else torch.zeros_like(w)
+            for acc, term in zip(meta_bar, hvps[1:]):
+                if term is not None:
+                    acc += term
+    w_bar += hvp  # completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)
+    report.w0 = _relative(w, state.w0)
+    grads = iter(meta_bar)
+    meta_grads = [next(grads) if need else None for need in meta_needs_grad]
+    return ReverseResult(meta_grads, lr_grad, w_bar, report)
