@@ -146,13 +146,13 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
     hvp = None
     with rng.preserved(device):
         for t in range(problem.steps, 0, -1):
-            if t in state.anchors:
-                exact = state.anchors.pop(t)  # free each anchor once used
-                report.anchors[t] = {name: _relative(got, want) for name, got, want
-                                     in zip(("w", "m", "v"), (w, m, v), exact)}
-                for got, want in zip((w, m, v), exact):
-                    got.copy_(want)
             lr_grad += ops.adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, step=t, **kw)
+            # Re-anchor on the exact state after step t-1 as soon as each part of it is
+            # reconstructed: w before g_t is recomputed at it, m and v after the moments.
+            exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
+            if exact is not None:
+                report.anchors[t - 1] = {"w": _relative(w, exact[0])}
+                w.copy_(exact[0])
             rng.restore(state.rng_states[t - 1], device)
             with torch.enable_grad():
                 leaf = w.detach().requires_grad_()
@@ -162,6 +162,10 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
                                          beta1=h.beta1, beta2=h.beta2, backend=problem.backend)
                 hvps = torch.autograd.grad(g, [leaf, *wanted], grad_outputs=g_bar,
                                            allow_unused=True)
+            if exact is not None:
+                for name, got, want in (("m", m, exact[1]), ("v", v, exact[2])):
+                    report.anchors[t - 1][name] = _relative(got, want)
+                    got.copy_(want)
             hvp = hvps[0] if hvps[0] is not None else torch.zeros_like(w)
             for acc, term in zip(meta_bar, hvps[1:]):
                 if term is not None:

@@ -1,0 +1,100 @@
+"""Inner/outer problems the engine benchmarks share: a small MLP on regression data and a
+small causal Transformer LM trained on soft synthetic sequences (the Farzi setting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from farzi_fast.farzi.students import transformer_lm
+
+
+@dataclass
+class Problem:
+    loss_fn: object
+    outer_fn: object
+    meta: tuple
+    lr: float
+
+
+def _data(generator, dtype, widen, device, *shape):
+    """Random data drawn on the CPU (same values on every device) in `dtype`, then widened to
+    float64 exactly when asked (for float64 references of float32 runs)."""
+    x = torch.randn(*shape, generator=generator).to(dtype)
+    return (x.double() if widen else x).to(device)
+
+
+def _finish(model, dtype, widen, device, train):
+    return model.to(dtype).to(torch.float64 if widen else dtype).to(device).train(train)
+
+
+def mlp_problem(dtype=torch.float32, train=True, widen=False, device="cpu", width=128,
+                batches=4):
+    """MLP 32-width-width-8 (~22K parameters at width 128); meta = the inner inputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
+                          nn.Linear(width, 8))
+    model = _finish(model, dtype, widen, device, train)
+    g = torch.Generator().manual_seed(1)
+    data = lambda *shape: _data(g, dtype, widen, device, *shape)  # noqa: E731
+    x = data(batches, 16, 32).requires_grad_()
+    y = data(batches, 16, 8)
+    x_val, y_val = data(64, 32), data(64, 8)
+
+    def loss_fn(f, t, x):
+        i = t % x.shape[0]
+        return ((f(x[i]) - y[i]) ** 2).mean()
+
+    def outer_fn(f):
+        return ((f(x_val) - y_val) ** 2).mean()
+
+    return model, Problem(loss_fn, outer_fn, (x,), 3e-3)
+
+
+def transformer_problem(dtype=torch.float32, train=True, widen=False, device="cpu", vocab=64,
+                        seq=16):
+    """2-layer causal Transformer LM, dim 32 (~35K parameters); meta = logits of 8 soft
+    synthetic sequences; outer = cross-entropy on 16 random hard sequences."""
+    torch.manual_seed(0)
+    model = transformer_lm(vocab, max_len=seq, dim=32, heads=2, layers=2, dropout=0.1)
+    model = _finish(model, dtype, widen, device, train)
+    g = torch.Generator().manual_seed(1)
+    logits = _data(g, dtype, widen, device, 8, seq, vocab).requires_grad_()
+    real = torch.randint(vocab, (16, seq), generator=g).to(device)
+
+    def loss_fn(f, t, logits):
+        soft = logits.softmax(-1)
+        log_probs = f(soft)[:, :-1].log_softmax(-1)
+        return -(soft[:, 1:] * log_probs).sum(-1).mean()
+
+    def outer_fn(f):
+        out = f(real)[:, :-1]
+        return nn.functional.cross_entropy(out.reshape(-1, vocab), real[:, 1:].reshape(-1))
+
+    return model, Problem(loss_fn, outer_fn, (logits,), 1e-2)
+
+
+def tiny_mlp_problem(dtype=torch.float32, train=True, widen=False, device="cpu"):
+    """MLP 5-16-3 on 5 regression batches: a problem whose float32 meta-gradient is well
+    conditioned (float32 unrolled autograd within 2e-6 of float64), so anchor schedules can
+    be compared far below the float32 floor of the larger students."""
+    torch.manual_seed(3)
+    model = _finish(nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)), dtype, widen,
+                    device, train)
+    g = torch.Generator().manual_seed(1)
+    data = lambda *shape: _data(g, dtype, widen, device, *shape)  # noqa: E731
+    x, y = data(5, 4, 5).requires_grad_(), data(5, 4, 3)
+    x_val, y_val = data(16, 5), data(16, 3)
+
+    def loss_fn(f, t, x):
+        return ((f(x[t % 5]) - y[t % 5]) ** 2).mean()
+
+    def outer_fn(f):
+        return ((f(x_val) - y_val) ** 2).mean()
+
+    return model, Problem(loss_fn, outer_fn, (x,), 1e-2)
+
+
+PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}

