@@ -5,7 +5,7 @@ backend of the device. Ratios are against unrolled autograd measured in the same
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the allocation before the run;
 on the CPU, each point runs in a fresh process and reports its peak resident set above the
-resident set before the run (glibc's mmap threshold fixed, so freed blocks are returned
+resident set after a 2-step warm-up run (glibc's mmap threshold fixed, so freed blocks are returned
 rather than fragmenting the heap).
 
     python -m benchmarks.bench_engine [--steps 10,50,100,200,500] [--device cuda] [--out DIR]
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -36,8 +37,10 @@ def _resident_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure_point(problem_name: str, method: str, steps: int, device: torch.device) -> dict:
-    """Seconds and peak MB of one meta-gradient (after a 2-step warm-up run)."""
+def measure_point(problem_name: str, method: str, steps: int, device: torch.device,
+                  repeats: int = 3) -> dict:
+    """Median seconds of `repeats` meta-gradients and the peak MB of the first (after a
+    2-step warm-up run)."""
     model, problem = PROBLEMS[problem_name](torch.float32, device=device)
     meta = problem.meta
 
@@ -49,21 +52,24 @@ def measure_point(problem_name: str, method: str, steps: int, device: torch.devi
         return meta_gradient(model, problem.loss_fn, problem.outer_fn, t, meta=meta,
                              lr=problem.lr, backend=backend)
 
-    base = _resident_mb()
-    run(2)
+    run(2)  # warm-up: module loading, thread pools and the allocator's first blocks
     sync(device)
+    base = _resident_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    start = time.perf_counter()
-    run(steps)
-    sync(device)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return dict(seconds=seconds, peak_mb=peak)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(steps)
+        sync(device)
+        times.append(time.perf_counter() - start)
+        if len(times) == 1:  # the peak of the first run (the others reuse its memory)
+            if device.type == "cuda":
+                peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+            else:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return dict(seconds=statistics.median(times), peak_mb=peak)
 
 
 def _point_in_subprocess(problem_name, method, steps) -> dict:

@@ -22,29 +22,14 @@ BACKENDS = [b for b in ops.available_backends()
             if b != "torch" and (b != "triton" or DEVICE.type == "cuda")]
 
 
-def _ids(cases):
-    return [f"{c.impl}-{c.layout}".replace(" ", "_") for c in cases]
+CASES = [(case, forward_set) for case in forward_cases(BACKENDS)] + \
+        [(case, reverse_set) for case in reverse_cases(BACKENDS)]
 
 
-FORWARD = forward_cases(BACKENDS)
-REVERSE = reverse_cases(BACKENDS)
-
-
-@pytest.mark.parametrize("case", FORWARD, ids=_ids(FORWARD))
-def test_adam_step(benchmark, case):
-    inputs = forward_set(N, DEVICE)
-    benchmark.extra_info.update(params=N, bytes=case.bytes_per_param * N)
-
-    def run():
-        case.run(inputs)
-        sync(DEVICE)
-
-    benchmark(run)
-
-
-@pytest.mark.parametrize("case", REVERSE, ids=_ids(REVERSE))
-def test_reverse_step(benchmark, case):
-    inputs = reverse_set(N, DEVICE)
+@pytest.mark.parametrize("case,make_set", CASES,
+                         ids=[f"{c.op}-{c.impl}-{c.layout}".replace(" ", "_") for c, _ in CASES])
+def test_kernel(benchmark, case, make_set):
+    inputs = make_set(N, DEVICE)
     benchmark.extra_info.update(params=N, bytes=case.bytes_per_param * N)
 
     def run():

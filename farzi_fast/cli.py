@@ -1,0 +1,237 @@
+"""The `farzi-fast` command line: distill, train, evaluate.
+
+    farzi-fast distill  --dataset ml-100k --data ../shared/data --out runs/ml --size 50x20
+    farzi-fast train    --dataset ml-100k --data ../shared/data --on farzi --farzi runs/ml/farzi.pt --out runs/ml/student.pt
+    farzi-fast evaluate --dataset ml-100k --data ../shared/data --student runs/ml/student.pt
+
+A distill run writes into --out: config.json, log.jsonl (one JSON line per outer step, with
+the validation metric where measured), checkpoint.pt (atomic, every --checkpoint-every
+steps), farzi.pt (the summary) and meta_loss.png. `--resume` continues a killed run exactly
+where its last checkpoint left it, and refuses a different configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .farzi.distill import distill
+from .farzi.summary import FarziData, atomic_save, safe_load
+from .farzi.tasks import load_task
+from .farzi.train import random_subset, train_student
+
+STUDENT_FORMAT = "farzi_fast.student"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        mu, xi = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 50x150, got {text!r}") from None
+    if mu < 1 or xi < 2:
+        raise argparse.ArgumentTypeError(f"--size needs >= 1 sequences of >= 2 items, got {text}")
+    return mu, xi
+
+
+def _common(parser):
+    parser.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
+    parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
+    parser.add_argument("--max-len", type=int, default=None, help="sequence length of students")
+    parser.add_argument("--dim", type=int, default=50)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _student_args(args) -> dict:
+    return dict(dim=args.dim, heads=args.heads, layers=args.layers, dropout=args.dropout)
+
+
+def _eval_student(task, soft_or_rows, args, steps, split):
+    torch.manual_seed(args.seed)
+    student = task.student(**_student_args(args)).to(args.device)
+    train_student(student, soft_or_rows, steps=steps, lr=args.train_lr, seed=args.seed)
+    return task.evaluate(student, split)
+
+
+def cmd_distill(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # what defines the run (device and verbosity may change on resume)
+    config = {k: v for k, v in vars(args).items()
+              if k not in ("func", "resume", "out", "quiet", "device")}
+    config["size"] = list(args.size)
+    config_file = out / "config.json"
+    if config_file.exists():
+        saved = json.loads(config_file.read_text())
+        if not args.resume:
+            raise SystemExit(f"{out} already holds a run; pass --resume to continue it or "
+                             f"choose another --out")
+        different = {k: (saved.get(k), v) for k, v in config.items()
+                     if saved.get(k) != v and k != "outer_steps"}
+        if different:
+            raise SystemExit("refusing to resume with a different configuration: " + ", ".join(
+                f"{k}: {a!r} -> {b!r}" for k, (a, b) in different.items()))
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+    task = load_task(args.dataset, args.data, args.max_len)
+    torch.manual_seed(args.seed)
+    student = task.student(**_student_args(args))
+    rows = task.train_rows()
+    log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
+    start_step = 0
+    if args.resume and checkpoint.exists():
+        start_step = safe_load(checkpoint, "distill checkpoint").get("step", 0)
+    entries = []
+    if log_file.exists():  # keep the log consistent with the checkpoint we resume from
+        entries = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+        entries = [e for e in entries if e["step"] <= start_step]
+    log_file.write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.outer_steps, initial=start_step, desc="distill", unit="step",
+               file=sys.stderr, disable=args.quiet)
+    began = time.perf_counter()
+
+    def on_step(step, meta_loss, farzi):
+        entry = {"step": step, "meta_loss": meta_loss,
+                 "seconds": round(time.perf_counter() - began, 3)}
+        if args.eval_every and (step % args.eval_every == 0 or step == args.outer_steps):
+            soft = farzi.soft().detach()
+            entry["valid"] = _eval_student(task, soft, args, args.train_steps, "valid")
+        with open(log_file, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        bar.set_postfix(meta_loss=f"{meta_loss:.4f}")
+        bar.update(1)
+
+    farzi = distill(student, rows, size=args.size, latent_dim=args.latent_dim,
+                    inner_steps=args.inner_steps, outer_steps=args.outer_steps,
+                    inner_lr=args.inner_lr, outer_lr=args.outer_lr, outer_batch=args.outer_batch,
+                    pretrained_students=args.pretrained_students,
+                    pretrain_steps=args.pretrain_steps, seed=args.seed, device=args.device,
+                    callback=on_step, checkpoint=checkpoint,
+                    checkpoint_every=args.checkpoint_every, resume=args.resume)
+    bar.close()
+    farzi.save(out / "farzi.pt")
+    plot_log(log_file, out / "meta_loss.png", task.metric)
+    print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size)}))
+    return 0
+
+
+def plot_log(log_file: Path, png: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot([e["step"] for e in entries], [e["meta_loss"] for e in entries])
+    ax1.set(xlabel="outer step", ylabel="meta-loss", title="meta-loss")
+    valid = [e for e in entries if "valid" in e]
+    ax2.plot([e["step"] for e in valid], [e["valid"][metric] for e in valid], marker="o")
+    ax2.set(xlabel="outer step", ylabel=f"validation {metric}",
+            title=f"student trained on the summary: {metric}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def cmd_train(args) -> int:
+    task = load_task(args.dataset, args.data, args.max_len)
+    rows = task.train_rows()
+    if args.on == "full":
+        data = rows
+    elif args.on == "random":
+        data = random_subset(rows, args.count, args.seed)
+    else:
+        if not args.farzi:
+            raise SystemExit("--on farzi needs --farzi PATH (a farzi.pt from `distill`)")
+        data = FarziData.load(args.farzi).soft().detach()
+    torch.manual_seed(args.seed)
+    student = task.student(**_student_args(args)).to(args.device)
+    train_student(student, data, steps=args.steps, lr=args.train_lr, seed=args.seed)
+    atomic_save({"format": STUDENT_FORMAT, "dataset": args.dataset, "max_len": task.max_len,
+                 "student": _student_args(args), "state": student.state_dict()}, args.out)
+    print(json.dumps({"student": args.out, "test": task.evaluate(student, "test")}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    saved = safe_load(args.student, "student")
+    if not isinstance(saved, dict) or saved.get("format") != STUDENT_FORMAT:
+        raise SystemExit(f"{args.student} is not a farzi-fast student file")
+    if saved["dataset"] != args.dataset:
+        raise SystemExit(f"{args.student} was trained on {saved['dataset']}, not {args.dataset}")
+    task = load_task(args.dataset, args.data, saved["max_len"])
+    student = task.student(**saved["student"])
+    student.load_state_dict(saved["state"])
+    print(json.dumps({split: task.evaluate(student.to(args.device), split)
+                      for split in ("valid", "test")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farzi-fast", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="distill a data set into a FarziData summary")
+    _common(d)
+    d.add_argument("--out", required=True)
+    d.add_argument("--size", type=_size, default=(50, 150), help="μxξ, e.g. 50x150")
+    d.add_argument("--latent-dim", type=int, default=8)
+    d.add_argument("--inner-steps", type=int, default=20)
+    d.add_argument("--outer-steps", type=int, default=100)
+    d.add_argument("--inner-lr", type=float, default=1e-2)
+    d.add_argument("--outer-lr", type=float, default=3e-2)
+    d.add_argument("--outer-batch", type=int, default=128)
+    d.add_argument("--pretrained-students", type=int, default=2)
+    d.add_argument("--pretrain-steps", type=int, default=100)
+    d.add_argument("--checkpoint-every", type=int, default=10)
+    d.add_argument("--eval-every", type=int, default=0,
+                   help="train a student on the summary and validate every N outer steps")
+    d.add_argument("--train-steps", type=int, default=200, help="steps of those students")
+    d.add_argument("--train-lr", type=float, default=1e-3)
+    d.add_argument("--resume", action="store_true")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_distill)
+
+    t = sub.add_parser("train", help="train a student on the full data, a random subset or "
+                                     "a summary, save it and print its test metrics")
+    _common(t)
+    t.add_argument("--on", choices=["full", "random", "farzi"], default="full")
+    t.add_argument("--farzi", default=None)
+    t.add_argument("--count", type=int, default=50, help="rows of the random subset")
+    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--train-lr", type=float, default=1e-3)
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a saved student on valid and test")
+    e.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
+    e.add_argument("--data", default=None)
+    e.add_argument("--student", required=True)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"farzi-fast: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

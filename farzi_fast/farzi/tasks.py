@@ -1,0 +1,48 @@
+"""The two tasks of the paper, each tying a data set to its student and its metric:
+sequential recommendation on MovieLens-100K (SASRec, HR@10 / nDCG@10) and language modelling
+on Penn Treebank (causal Transformer LM, perplexity)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import load_movielens_100k, load_ptb
+from .metrics import evaluate_recommender, perplexity
+from .students import sasrec, transformer_lm
+
+
+@dataclass
+class Task:
+    name: str
+    data: object
+    max_len: int
+    metric: str            # the headline metric
+    higher_is_better: bool
+
+    def student(self, dim: int = 50, heads: int = 1, layers: int = 2,
+                dropout: float = 0.2) -> nn.Module:
+        if self.name == "ml-100k":
+            return sasrec(self.data.num_items, self.max_len, dim, heads, layers, dropout)
+        return transformer_lm(self.data.vocab_size, self.max_len, dim, heads, layers, dropout)
+
+    def train_rows(self) -> torch.Tensor:
+        """Real training sequences, rows of max_len + 1 ids."""
+        if self.name == "ml-100k":
+            return self.data.train_batch(self.max_len)
+        return self.data.chunks("train", self.max_len + 1)
+
+    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
+        if self.name == "ml-100k":
+            return evaluate_recommender(model, self.data, split, self.max_len)
+        return {"perplexity": perplexity(model, self.data, split, self.max_len)}
+
+
+def load_task(name: str, path=None, max_len: int | None = None) -> Task:
+    if name == "ml-100k":
+        return Task(name, load_movielens_100k(path), max_len or 200, "HR@10", True)
+    if name == "ptb":
+        return Task(name, load_ptb(path), max_len or 64, "perplexity", False)
+    raise ValueError(f"dataset must be 'ml-100k' or 'ptb', got {name!r}")
