@@ -34,8 +34,10 @@ CONFIGS = {
 }
 
 
-def run(dataset: str, data_path, paper: bool, device: torch.device, seed: int = 0) -> dict:
-    cfg = CONFIGS[dataset]["paper" if paper else "small"]
+def run(dataset: str, data_path, paper: bool, device: torch.device, seed: int = 0,
+        pretrained_students: int = 2, out=None) -> dict:
+    cfg = dict(CONFIGS[dataset]["paper" if paper else "small"],
+               pretrained_students=pretrained_students)
     task = load_task(dataset, data_path, cfg["max_len"])
     student_args = dict(dim=cfg["dim"], heads=cfg["heads"], layers=cfg["layers"])
     rows = task.train_rows()
@@ -45,9 +47,10 @@ def run(dataset: str, data_path, paper: bool, device: torch.device, seed: int = 
         torch.manual_seed(seed)
         return task.student(**student_args).to(device)
 
-    def train_and_test(data):
+    def train_and_test(data, steps=cfg["train_steps"], lr=1e-3, batch_size=128):
         start = time.perf_counter()
-        student = train_student(fresh_student(), data, steps=cfg["train_steps"], seed=seed)
+        student = train_student(fresh_student(), data, steps=steps, lr=lr, seed=seed,
+                                batch_size=batch_size)
         return task.evaluate(student, "test"), time.perf_counter() - start
 
     results = []
@@ -59,11 +62,19 @@ def run(dataset: str, data_path, paper: bool, device: torch.device, seed: int = 
     start = time.perf_counter()
     summary = distill(fresh_student(), rows, size=(mu, xi), latent_dim=8,
                       inner_steps=cfg["inner_steps"], outer_steps=cfg["outer_steps"],
-                      device=device, seed=seed)
+                      pretrained_students=pretrained_students, device=device, seed=seed)
     distill_time = time.perf_counter() - start
-    farzi_metrics, farzi_train = train_and_test(summary.soft().detach())
+    if out is not None:
+        summary.save(f"{out}/farzi-{dataset}-{mu}x{xi}.pt")
+    soft = summary.soft().detach()
+    farzi_metrics, farzi_train = train_and_test(soft)
     results.append(("FarziData", f"{mu} x {xi}", mu * xi, farzi_metrics,
                     distill_time + farzi_train))
+    # the recipe the summary was optimised for: the inner loop's steps, lr and full batch
+    inner_metrics, inner_train = train_and_test(soft, steps=cfg["inner_steps"], lr=1e-2,
+                                                batch_size=mu)
+    results.append(("FarziData, inner-loop recipe", f"{mu} x {xi}", mu * xi, inner_metrics,
+                    distill_time + inner_train))
 
     subset = random_subset(rows, mu, seed)[:, -(xi + 1):]
     random_metrics, random_time = train_and_test(subset)
@@ -88,14 +99,18 @@ def main(argv=None):
     parser.add_argument("--data", default=None)
     parser.add_argument("--paper", action="store_true", help="the paper-size configuration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pretrained-students", type=int, default=2,
+                        help="students whose trajectories start the inner loops (0: random init)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    result = run(args.dataset, args.data, args.paper, torch.device(args.device))
+    result = run(args.dataset, args.data, args.paper, torch.device(args.device),
+                 pretrained_students=args.pretrained_students, out=args.out)
     metric_columns = [(k, k) for k in result["rows"][0] if "@" in k or k == "perplexity"]
     columns = [("data", "trained on"), ("size", "sequences x length"), ("tokens", "tokens"),
                ("pct_tokens", "% of tokens"), *metric_columns,
                ("pct_of_full", f"% of full {result['metric']}"), ("seconds", "seconds")]
-    name = f"distill-{args.dataset}{'-paper' if args.paper else ''}"
+    name = (f"distill-{args.dataset}{'-paper' if args.paper else ''}"
+            f"-pretrained{args.pretrained_students}")
     note = "configuration: " + ", ".join(f"{k}={v}" for k, v in result["config"].items())
     print(write_report(result, columns, name, args.out, note=note))
 

@@ -118,6 +118,9 @@ def test_farzi_data_soft_sample_save_load(tmp_path):
     assert data.sample(torch.Generator().manual_seed(1)).shape == (3, 5)
     assert torch.equal(data.sample(greedy=True), soft.argmax(-1))
     data.save(tmp_path / "f.pt")
+    from farzi_fast.farzi.summary import _umask
+
+    assert (tmp_path / "f.pt").stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() makes
     back = FarziData.load(tmp_path / "f.pt")
     assert torch.equal(back.soft(), soft) and back.temperature == 0.5
 

@@ -100,6 +100,8 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
             leaf = w.detach().requires_grad_()
             loss = _inner_loss(problem, leaf, t, meta)
             (g,) = torch.autograd.grad(loss, leaf)
+        # Checked by value after the first step only: a module that updates its buffers
+        # (BatchNorm in train mode) does so at every step, and comparing costs a pass.
         changed = problem.functional.changed_buffers() if t == 1 else []
         if changed:
             raise ValueError(

@@ -23,6 +23,12 @@ def _positive(name: str, value) -> int:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj, path) -> None:
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
     half-written file under `path`."""
@@ -30,6 +36,7 @@ def atomic_save(obj, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
