@@ -77,9 +77,14 @@ def run(dataset: str, data_path, paper: bool, device: torch.device, seed: int = 
                     distill_time + inner_train))
 
     subset = random_subset(rows, mu, seed)[:, -(xi + 1):]
+    subset_tokens = int((subset != 0).sum())
     random_metrics, random_time = train_and_test(subset)
-    results.append((f"random {mu} sequences", f"{mu} x {xi + 1}",
-                    int((subset != 0).sum()), random_metrics, random_time))
+    results.append((f"random {mu} sequences", f"{mu} x {xi + 1}", subset_tokens,
+                    random_metrics, random_time))
+    random_inner, random_inner_time = train_and_test(subset, steps=cfg["inner_steps"], lr=1e-2,
+                                                     batch_size=mu)
+    results.append((f"random {mu} sequences, inner-loop recipe", f"{mu} x {xi + 1}",
+                    subset_tokens, random_inner, random_inner_time))
 
     key = task.metric
     table = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,7 @@ from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
 from .students import PROBLEMS
-from .timing import device_name, sync
-
-
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+from .timing import device_name, peak_resident_mb, resident_mb, sync
 
 
 def measure_point(problem_name: str, method: str, steps: int, device: torch.device,
@@ -54,7 +48,7 @@ def measure_point(problem_name: str, method: str, steps: int, device: torch.devi
 
     run(2)  # warm-up: module loading, thread pools and the allocator's first blocks
     sync(device)
-    base = _resident_mb()
+    base = resident_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -68,7 +62,7 @@ def measure_point(problem_name: str, method: str, steps: int, device: torch.devi
             if device.type == "cuda":
                 peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
             else:
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+                peak = peak_resident_mb() - base
     return dict(seconds=statistics.median(times), peak_mb=peak)
 
 

@@ -50,6 +50,25 @@ def copy_bandwidth(device: torch.device, n_bytes: int = 256 << 20) -> float:
     return 2 * n_bytes / min(copy, in_place)
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field} (Linux only)")
+
+
+def resident_mb() -> float:
+    """This process's resident set now (Linux)."""
+    return _status_mb("VmRSS")
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident set (Linux VmHWM). Not ru_maxrss: that one survives
+    execve, so a child spawned by a large process (pytest) starts at its parent's peak."""
+    return _status_mb("VmHWM")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -1,25 +1,19 @@
 """Peak memory of one meta-gradient, run in a fresh process by test_engine.py:
 
-    python tests/memory_probe.py {engine|unrolled} STEPS
+    python -m tests.memory_probe {engine|unrolled} STEPS     (from the repository root)
 
-Prints {"peak_mb": ...}: the process's peak resident set above its resident set just before
-the run (after imports, model and data), so one-time costs are the same for every STEPS.
+Prints {"peak_mb": ...}: the process's peak resident set above its resident set after a
+2-step warm-up run, so one-time costs (lazy imports, thread pools) stay out of it.
 """
 
 import json
-import resource
 import sys
 
 import torch
 from torch import nn
 
+from benchmarks.timing import peak_resident_mb, resident_mb
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
-
-
-def resident_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def main():
@@ -37,13 +31,16 @@ def main():
     def outer_fn(f):
         return ((f(x_val) - y_val) ** 2).mean()
 
+    def run(t):
+        if mode == "engine":  # pure reversal: nothing kept per step but a generator state
+            meta_gradient(model, loss_fn, outer_fn, t, meta=(x,), anchor_every=t, anchor_head=0)
+        else:
+            unrolled_meta_gradient(model, loss_fn, outer_fn, t, meta=(x,))
+
+    run(2)  # warm-up: lazy imports, thread pools, first-touch costs stay out of the peak
     base = resident_mb()
-    if mode == "engine":  # pure reversal: nothing kept per step but a generator state
-        meta_gradient(model, loss_fn, outer_fn, steps, meta=(x,), anchor_every=steps,
-                      anchor_head=0)
-    else:
-        unrolled_meta_gradient(model, loss_fn, outer_fn, steps, meta=(x,))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run(steps)
+    peak = peak_resident_mb()
     print(json.dumps({"peak_mb": peak - base}))
 
 

@@ -181,16 +181,16 @@ def _peak_mb(mode, steps):
     # its heap, whose fragmentation otherwise grows RSS with the number of allocations
     # (measured: 96 -> 191 MB from T=10 to T=200 without it, 75 -> 76 MB with it).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), mode, str(steps)],
-                         capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "tests.memory_probe", mode, str(steps)],
+                         capture_output=True, text=True, check=True, env=env, cwd=HERE.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_steps():
     """Pure reversal keeps nothing per step but a generator state: peak at T=200 within
-    1.2x of T=10 (process peak RSS above a warmed-up baseline, one subprocess each), while
-    unrolled autograd grows with T."""
+    1.2x of T=10 (process peak RSS above a warmed-up baseline, one subprocess each;
+    measured 29.7 -> 31.9 MB), while unrolled autograd grows with T (77 -> 523 MB)."""
     engine_10, engine_200 = _peak_mb("engine", 10), _peak_mb("engine", 200)
     assert engine_200 <= 1.2 * engine_10 + 2, (engine_10, engine_200)
     unrolled_5, unrolled_40 = _peak_mb("unrolled", 5), _peak_mb("unrolled", 40)

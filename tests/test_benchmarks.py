@@ -1,0 +1,31 @@
+"""Smoke runs of the benchmark scripts at tiny sizes, so they keep working between the
+sessions that have the hardware to run them for real. No timing is asserted."""
+
+import json
+import math
+
+import torch
+
+from benchmarks import bench_engine, bench_kernels
+from benchmarks.report import parse_size, write_report
+
+
+def test_kernel_benchmark_quick_run_writes_reports(tmp_path):
+    result = bench_kernels.run([parse_size("64K")], torch.device("cpu"), quick=True)
+    impls = {row["impl"] for row in result["rows"]}
+    assert "torch.optim.Adam(fused=True)" in impls and "reference (torch backend)" in impls
+    assert all(math.isfinite(row["median_ms"]) and row["median_ms"] > 0 for row in result["rows"])
+    text = write_report(result, bench_kernels.COLUMNS, "kernels", tmp_path)
+    assert result["device"] in text
+    saved = json.loads((tmp_path / "kernels.json").read_text())
+    assert len(saved["rows"]) == len(result["rows"])
+    assert (tmp_path / "kernels.csv").read_text().startswith("op,impl,layout")
+
+
+def test_engine_benchmark_point():
+    point = bench_engine.measure_point("MLP", "engine[cpu]", 3, torch.device("cpu"), repeats=1)
+    assert point["seconds"] > 0 and math.isfinite(point["peak_mb"])
+
+
+def test_parse_size():
+    assert parse_size("4M") == 4 << 20 and parse_size("64K") == 65536 and parse_size("7") == 7
