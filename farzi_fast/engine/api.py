@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from ..ops.hyper import AdamHyper
 from .flat import FlatLayout, FunctionalModel
-from .inner import DriftReport, InnerProblem, run_forward, run_reverse
+from .inner import DriftReport, InnerProblem, per_meta, run_forward, run_reverse
 
 # Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
 # Two effects need them (measurements in benchmarks/NOTES.md, "anchors"):
@@ -141,9 +141,13 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     The result (a dict name -> tensor) is differentiable: a backward through any function of
     it fills `.grad` of the tensors in `meta` that require grad, of `lr` when it is a tensor
     that requires grad, and of the `init` tensors (default: the model's parameters, detached)
-    that require grad. That backward is the reverse pass with the fused kernels: memory does
-    not grow with `steps` beyond one anchor (3 P values) every `anchor_every` steps (default
-    10; `anchor_every=steps` is pure reversal). One backward per call.
+    that require grad. That backward is the reverse pass with the fused kernels; one
+    backward per call.
+
+    Memory does not grow with `steps` beyond the anchors, exact states of 3 P values kept
+    after each of the first `anchor_head` steps (default 8) and every `anchor_every` steps
+    (default 25). ``anchor_every=steps, anchor_head=0`` is pure reversal (the paper's scheme,
+    O(1) memory, exact only in float64 and for short loops).
     """
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend)
@@ -179,11 +183,8 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
         grads = torch.autograd.grad(value, [w_T, *direct], allow_unused=True)
     w_bar = grads[0] if grads[0] is not None else torch.zeros_like(w_T)
     result = run_reverse(problem, state, w_bar, meta, needs)
-    direct_grads = iter(grads[1:])
-    meta_grads = []
-    for g, need in zip(result.meta_grads, needs):
-        extra = next(direct_grads) if need else None
-        meta_grads.append(g + extra if extra is not None else g)
+    direct = per_meta(needs, grads[1:])  # terms of F that use meta without training
+    meta_grads = [g if d is None else g + d for g, d in zip(result.meta_grads, direct)]
     init_grads = {n: t.clone() for n, t in layout.views(result.w0_grad).items()}
     return MetaGradient(value.detach(), tuple(meta_grads), result.lr_grad, init_grads,
                         result.report, state.inner_losses)

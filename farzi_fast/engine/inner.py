@@ -174,6 +174,11 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
                     acc += term
     w_bar += hvp  # completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)
     report.w0 = _relative(w, state.w0)
-    grads = iter(meta_bar)
-    meta_grads = [next(grads) if need else None for need in meta_needs_grad]
-    return ReverseResult(meta_grads, lr_grad, w_bar, report)
+    return ReverseResult(per_meta(meta_needs_grad, meta_bar), lr_grad, w_bar, report)
+
+
+def per_meta(needs, values) -> list:
+    """One slot per meta tensor: the next of `values` (given for those that need a gradient,
+    in order) where `needs`, None elsewhere."""
+    values = iter(values)
+    return [next(values) if need else None for need in needs]

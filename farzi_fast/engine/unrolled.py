@@ -8,7 +8,7 @@ import torch
 
 from .api import MetaGradient, _check_meta, _initial
 from .flat import FlatLayout, FunctionalModel
-from .inner import DriftReport
+from .inner import DriftReport, per_meta
 
 
 def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
@@ -45,11 +45,8 @@ def unrolled_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3,
         grads = torch.autograd.grad(value, [lr_t, w0, *wanted], allow_unused=True)
     lr_grad = grads[0] if grads[0] is not None else torch.zeros((), dtype=torch.float64)
     w0_grad = grads[1] if grads[1] is not None else torch.zeros_like(w0)
-    rest = iter(grads[2:])
-    meta_grads = []
-    for x in meta:
-        g = next(rest) if x.requires_grad else None
-        meta_grads.append(torch.zeros_like(x) if x.requires_grad and g is None else g)
+    meta_grads = [torch.zeros_like(x) if x.requires_grad and g is None else g
+                  for x, g in zip(meta, per_meta([x.requires_grad for x in meta], grads[2:]))]
     init_grads = {n: t.clone() for n, t in layout.views(w0_grad).items()}
     return MetaGradient(value.detach(), tuple(meta_grads), lr_grad.detach(), init_grads,
                         DriftReport(w0=0.0), torch.stack(losses))
