@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .._checks import require_int
 from ..ops.hyper import AdamHyper
 from .flat import FlatLayout, FunctionalModel
 from .inner import DriftReport, InnerProblem, per_meta, run_forward, run_reverse
@@ -43,15 +43,9 @@ class MetaGradient:
     inner_losses: torch.Tensor     # inner loss of every step
 
 
-def _count(name, value, minimum, meaning):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
-    return int(value)
-
-
 def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, anchor_head,
              backend):
-    steps = _count("steps", steps, 1, "the number of inner Adam steps")
+    steps = require_int("steps", steps, 1, "the number of inner Adam steps")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(f, t, *meta), got "
                         f"{type(loss_fn).__name__}")
@@ -59,10 +53,10 @@ def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, 
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     hyper = AdamHyper.checked(lr, betas[0], betas[1], eps, weight_decay, reversible=True)
-    anchor_every = _count("anchor_every", DEFAULT_ANCHOR_EVERY if anchor_every is None
-                          else anchor_every, 1, "steps between exact anchors")
-    anchor_head = _count("anchor_head", DEFAULT_ANCHOR_HEAD if anchor_head is None
-                         else anchor_head, 0, "first steps whose states are all kept")
+    anchor_every = require_int("anchor_every", DEFAULT_ANCHOR_EVERY if anchor_every is None
+                               else anchor_every, 1, "steps between exact anchors")
+    anchor_head = require_int("anchor_head", DEFAULT_ANCHOR_HEAD if anchor_head is None
+                              else anchor_head, 0, "first steps whose states are all kept")
     from ..ops.dispatch import resolve
 
     resolve(backend, layout.device)  # refuse an unusable backend before any work

@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .._checks import require_int
 from ..engine import unroll
 from .summary import FarziData, atomic_save, safe_load
 from .train import hard_loss, soft_loss, train_student
@@ -49,13 +51,9 @@ class DistillConfig:
             raise ValueError(f"seq_len must be >= 2 (next-item targets), got {self.size[1]}")
         for name in ("latent_dim", "inner_steps", "outer_steps", "outer_batch",
                      "pretrain_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(name, getattr(self, name))
         for name in ("pretrained_students", "pretrain_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            require_int(name, getattr(self, name), minimum=0)
         for name in ("inner_lr", "outer_lr", "temperature", "pretrain_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -189,8 +187,6 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_
 
 
 def _load_checkpoint(path, config: DistillConfig):
-    from pathlib import Path
-
     if not Path(path).exists():
         return None
     state = safe_load(path, "distill checkpoint")

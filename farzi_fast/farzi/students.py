@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import require_int
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
@@ -64,8 +66,7 @@ class CausalTransformer(nn.Module):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim),
                             ("heads", heads), ("layers", layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(name, value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id

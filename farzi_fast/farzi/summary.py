@@ -13,14 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import require_int
+
 FORMAT = "farzi_fast.FarziData"
 VERSION = 1
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _umask() -> int:
@@ -65,7 +61,7 @@ class FarziData(nn.Module):
         super().__init__()
         for name, value in (("num_sequences", num_sequences), ("seq_len", seq_len),
                             ("vocab_size", vocab_size), ("latent_dim", latent_dim)):
-            _positive(name, value)
+            require_int(name, value)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
