@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from farzi_fast.farzi.students import transformer_lm
+
 
 def mlp(dtype=torch.float64, sizes=(5, 8, 3), seed=0):
     torch.manual_seed(seed)
@@ -12,35 +14,10 @@ def mlp(dtype=torch.float64, sizes=(5, 8, 3), seed=0):
     return nn.Sequential(*layers[:-1]).to(dtype)
 
 
-class TinyCausalTransformer(nn.Module):
-    """One pre-norm causal self-attention block with dropout, over soft inputs: x is a
-    distribution over the vocabulary at each position, multiplied into the embedding."""
-
-    def __init__(self, vocab=11, dim=8, heads=2, seq=6, dropout=0.1):
-        super().__init__()
-        self.embed = nn.Parameter(torch.randn(vocab, dim) * 0.3)
-        self.pos = nn.Parameter(torch.randn(seq, dim) * 0.1)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        # No qkv bias: a key bias shifts every score of a row equally, softmax ignores it, so its
-        # true gradient is 0 and Adam would turn rounding noise into lr-sized steps (an
-        # ill-conditioned meta-gradient for any method; see benchmarks/NOTES.md).
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.drop = nn.Dropout(dropout)
-        self.heads = heads
-
-    def forward(self, x):
-        b, s, _ = x.shape
-        h = x @ self.embed + self.pos[:s]
-        q, k, v = self.qkv(self.norm1(h)).chunk(3, dim=-1)
-        split = lambda t: t.view(b, s, self.heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = split(q), split(k), split(v)
-        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-        mask = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
-        attn = self.drop(scores.masked_fill(mask, float("-inf")).softmax(-1))
-        h = h + self.drop(self.proj((attn @ v).transpose(1, 2).reshape(b, s, -1)))
-        h = h + self.drop(self.ff(self.norm2(h)))
-        return h @ self.embed.T
+def tiny_transformer(dtype=torch.float64, dropout=0.1, seed=0):
+    """The package's causal Transformer LM at toy size (vocab 11, length 6, dim 8)."""
+    torch.manual_seed(seed)
+    return transformer_lm(11, max_len=6, dim=8, heads=2, layers=1, dropout=dropout).to(dtype)
 
 
 def regression_problem(dtype=torch.float64, batches=3, batch=4, seed=1, widen=False):

@@ -14,7 +14,7 @@ from torch import nn
 import farzi_fast
 from farzi_fast.engine import meta_gradient, unroll, unrolled_meta_gradient
 
-from .models import TinyCausalTransformer, language_problem, mlp, regression_problem
+from .models import language_problem, mlp, regression_problem, tiny_transformer
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,8 +54,7 @@ def test_mlp_matches_unrolled_autograd_float64(anchors, weight_decay):
 def test_transformer_with_dropout_matches_unrolled_autograd_float64(backend):
     if backend not in farzi_fast.available_backends():
         pytest.skip(f"{backend} backend not built")
-    torch.manual_seed(0)
-    model = TinyCausalTransformer().double().train()  # dropout active
+    model = tiny_transformer().train()  # dropout active
     loss_fn, outer_fn, meta = language_problem(model)
     opts = dict(meta=meta, lr=0.02, betas=(0.8, 0.99), weight_decay=0.01)
     torch.manual_seed(123)
@@ -67,8 +66,7 @@ def test_transformer_with_dropout_matches_unrolled_autograd_float64(backend):
 
 def test_dropout_really_draws_different_masks():
     """Guards the test above: without replaying generator states the gradients differ."""
-    torch.manual_seed(0)
-    model = TinyCausalTransformer().double().train()
+    model = tiny_transformer().train()
     loss_fn, outer_fn, meta = language_problem(model)
     torch.manual_seed(1)
     a = unrolled_meta_gradient(model, loss_fn, outer_fn, 4, meta=meta, lr=0.02)
@@ -211,8 +209,7 @@ def test_anchors_cost_three_state_copies_each():
 
 
 def test_generator_state_is_left_as_the_forward_left_it():
-    torch.manual_seed(0)
-    model = TinyCausalTransformer().double().train()
+    model = tiny_transformer().train()
     loss_fn, outer_fn, (logits,) = language_problem(model)
     trained = unroll(model, loss_fn, 5, meta=(logits,), lr=0.02)
     value = outer_fn(lambda inp: torch.func.functional_call(model, dict(trained), (inp,)))
