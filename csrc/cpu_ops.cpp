@@ -21,14 +21,19 @@ namespace {
 #define FF_CPU_CLONES
 #endif
 
-// Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelThreshold = 1 << 15;
+// Below this many elements a parallel region costs more than it saves (2-core EPYC VM,
+// adam_step: 6.1 us serial vs 4.3 us on 2 threads at 8K elements, equal at 4K). The `if`
+// clauses name `parallel`: without the modifier OpenMP 5 applies them to the `simd` part of
+// the combined construct too, and below the threshold the loops ran unvectorized (75 us
+// instead of 11 us for 22K elements).
+constexpr int64_t kParallelThreshold = 1 << 13;
 
 template <typename T>
 FF_CPU_CLONES void adam_step_loop(T* __restrict w, const T* __restrict g, T* __restrict m,
                                   T* __restrict v, int64_t n, AdamCoefficients<T> c,
                                   int threads) {
-#pragma omp parallel for simd schedule(static) num_threads(threads) if (n > kParallelThreshold)
+#pragma omp parallel for simd schedule(static) num_threads(threads) \
+    if (parallel : n > kParallelThreshold)
   for (int64_t i = 0; i < n; ++i) farzi_fast::adam_forward(w[i], g[i], m[i], v[i], c);
 }
 
@@ -40,7 +45,7 @@ FF_CPU_CLONES double reverse_params_loop(T* __restrict w, const T* __restrict m,
                                          AdamCoefficients<T> c, int threads) {
   double lr_grad = 0.0;
 #pragma omp parallel for simd schedule(static) num_threads(threads) \
-    reduction(+ : lr_grad) if (n > kParallelThreshold)
+    reduction(+ : lr_grad) if (parallel : n > kParallelThreshold)
   for (int64_t i = 0; i < n; ++i) {
     const T h = kHasHvp ? hvp[i] : T(0);
     lr_grad += static_cast<double>(farzi_fast::adam_reverse_params(
@@ -54,7 +59,8 @@ FF_CPU_CLONES void reverse_moments_loop(T* __restrict m, T* __restrict v,
                                         const T* __restrict g, const T* __restrict m_bar,
                                         const T* __restrict v_bar, T* __restrict g_bar,
                                         int64_t n, AdamCoefficients<T> c, int threads) {
-#pragma omp parallel for simd schedule(static) num_threads(threads) if (n > kParallelThreshold)
+#pragma omp parallel for simd schedule(static) num_threads(threads) \
+    if (parallel : n > kParallelThreshold)
   for (int64_t i = 0; i < n; ++i)
     farzi_fast::adam_reverse_moments(m[i], v[i], g[i], m_bar[i], v_bar[i], g_bar[i], c);
 }
