@@ -1,6 +1,7 @@
 """The engine against unrolled autograd (float64, exact), finite differences, float32 with
 anchors, memory that does not grow with T, and refused input."""
 
+import copy
 import json
 import os
 import subprocess
@@ -73,6 +74,47 @@ def test_dropout_really_draws_different_masks():
     torch.manual_seed(2)
     b = unrolled_meta_gradient(model, loss_fn, outer_fn, 4, meta=meta, lr=0.02)
     assert rel(a.meta_grads[0], b.meta_grads[0]) > 1e-3
+
+
+class TiedFrozenBuffered(nn.Module):
+    """A tied weight (one Parameter under two names), a frozen parameter and a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Linear(4, 3, bias=False)
+        self.decode = nn.Linear(3, 4)
+        self.decode.weight = self.encode.weight  # shape (3, 4): used transposed below
+        self.frozen = nn.Parameter(torch.randn(4), requires_grad=False)
+        self.register_buffer("shift", torch.randn(4))
+
+    def forward(self, x):
+        h = torch.tanh(self.encode(x + self.shift))
+        return h @ self.decode.weight + self.decode.bias + self.frozen
+
+
+def test_forward_equals_torch_optim_adam_training_the_model():
+    """unroll()'s trained parameters are those torch.optim.AdamW gives the model itself,
+    tied, frozen and buffer tensors included (float64, so any difference is a real one)."""
+    torch.manual_seed(0)
+    model = TiedFrozenBuffered().double()
+    x = torch.randn(5, 6, 4, dtype=torch.float64)
+
+    def loss_fn(f, t):
+        return ((f(x[t % 5]) - x[t % 5]) ** 2).mean()
+
+    trained = unroll(model, loss_fn, 30, lr=0.05, weight_decay=0.1)
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad],
+                                  lr=0.05, weight_decay=0.1)
+    for t in range(1, 31):
+        optimizer.zero_grad()
+        loss_fn(reference, t).backward()
+        optimizer.step()
+    want = {n: p for n, p in reference.named_parameters() if p.requires_grad}
+    assert set(trained) == set(want) == {"encode.weight", "decode.bias"}
+    for name in want:
+        assert rel(trained[name], want[name]) < 1e-12, name
+    assert not torch.equal(trained["encode.weight"], model.encode.weight)  # it did train
 
 
 def test_unroll_backward_fills_grads_of_meta_lr_and_init():
@@ -244,6 +286,16 @@ def test_bad_steps(steps):
 def test_model_without_float_parameters():
     with pytest.raises(ValueError, match="no floating-point parameters"):
         unroll(nn.ReLU(), lambda f, t: torch.zeros(()), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_is_refused_before_any_step(dtype):
+    model = mlp().to(dtype)
+    calls = []
+    loss_fn = lambda f, t: calls.append(t) or f(torch.ones(1, 5, dtype=dtype)).sum()  # noqa: E731
+    with pytest.raises(TypeError, match="float32 or float64"):
+        unroll(model, loss_fn, 3)
+    assert calls == []
 
 
 def test_meta_on_another_device():
