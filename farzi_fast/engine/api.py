@@ -9,7 +9,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .._checks import require_int
+from ..ops.dispatch import resolve
 from ..ops.hyper import AdamHyper
+from ..ops.validation import SUPPORTED_DTYPES
 from .flat import FlatLayout, FunctionalModel
 from .inner import DriftReport, InnerProblem, per_meta, run_forward, run_reverse
 
@@ -50,6 +52,9 @@ def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, 
         raise TypeError(f"loss_fn must be callable as loss_fn(f, t, *meta), got "
                         f"{type(loss_fn).__name__}")
     layout = FlatLayout.of(model)
+    if layout.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"model parameters must be float32 or float64 for the Adam kernels, "
+                        f"got {layout.dtype}; convert with model.float() or model.double()")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     hyper = AdamHyper.checked(lr, betas[0], betas[1], eps, weight_decay, reversible=True)
@@ -57,11 +62,9 @@ def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, 
                                else anchor_every, 1, "steps between exact anchors")
     anchor_head = require_int("anchor_head", DEFAULT_ANCHOR_HEAD if anchor_head is None
                               else anchor_head, 0, "first steps whose states are all kept")
-    from ..ops.dispatch import resolve
-
-    resolve(backend, layout.device)  # refuse an unusable backend before any work
+    kernels = resolve(backend, layout.device)  # refuses an unusable backend before any work
     return InnerProblem(FunctionalModel(model, layout), loss_fn, steps, hyper, anchor_every,
-                        anchor_head, backend)
+                        anchor_head, kernels)
 
 
 def _lr_value(lr):
