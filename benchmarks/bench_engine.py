@@ -3,17 +3,23 @@ unrolled autograd (a create_graph=True loop of differentiable Adam), the engine 
 `torch` backend (the unfused form of the same algorithm) and the engine on the fused
 backend of the device. Ratios are against unrolled autograd measured in the same run.
 
+Time: the methods take turns, one run each per round, and each reports its median over the
+rounds, so a slow spell of the machine (shared CPU VMs drift by tens of percent over a
+minute) falls on every method alike rather than on whichever ran then.
+
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the allocation before the run;
 on the CPU, each point runs in a fresh process and reports its peak resident set above the
-resident set after a 2-step warm-up run (glibc's mmap threshold fixed, so freed blocks are returned
-rather than fragmenting the heap).
+resident set after a 2-step warm-up run (glibc's mmap threshold fixed, so freed blocks are
+returned rather than fragmenting the heap).
 
-    python -m benchmarks.bench_engine [--steps 10,50,100,200,500] [--device cuda] [--out DIR]
+    python -m benchmarks.bench_engine [--steps 10,50,100,200,500] [--rounds 5] [--students ...]
+                                      [--device cuda] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,46 +33,64 @@ from farzi_fast import ops
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
-from .students import PROBLEMS
+from .students import PROBLEMS, mlp_problem
 from .timing import device_name, peak_resident_mb, resident_mb, sync
 
+# The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
+# on which the Adam math rather than autograd is most of a step: what the fused kernels can
+# speed up is that share (benchmarks/NOTES.md, "engine").
+STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512)}
 
-def measure_point(problem_name: str, method: str, steps: int, device: torch.device,
-                  repeats: int = 3) -> dict:
-    """Median seconds of `repeats` meta-gradients and the peak MB of the first (after a
-    2-step warm-up run)."""
-    model, problem = PROBLEMS[problem_name](torch.float32, device=device)
-    meta = problem.meta
 
-    def run(t):
+def make_runner(problem_name: str, device: torch.device):
+    """run(method, steps): one meta-gradient of the named problem by the named method."""
+    model, problem = STUDENTS[problem_name](torch.float32, device=device)
+
+    def run(method: str, steps: int):
         if method == "unrolled autograd":
-            return unrolled_meta_gradient(model, problem.loss_fn, problem.outer_fn, t,
-                                          meta=meta, lr=problem.lr)
-        backend = "torch" if method == "engine[torch]" else "auto"
-        return meta_gradient(model, problem.loss_fn, problem.outer_fn, t, meta=meta,
-                             lr=problem.lr, backend=backend)
+            return unrolled_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
+                                          meta=problem.meta, lr=problem.lr)
+        backend = method.removeprefix("engine[").removesuffix("]")  # "engine[cpu]" -> "cpu"
+        return meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
+                             meta=problem.meta, lr=problem.lr, backend=backend)
 
-    run(2)  # warm-up: module loading, thread pools and the allocator's first blocks
+    return run
+
+
+def median_seconds_interleaved(problem_name: str, methods: list[str], steps: int,
+                               device: torch.device, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per method over `rounds` rounds in which every method runs once."""
+    run = make_runner(problem_name, device)
+    for method in methods:
+        run(method, 2)  # warm-up: module loading, thread pools, the allocator's first blocks
+    times = {method: [] for method in methods}
+    for _ in range(rounds):
+        for method in methods:
+            sync(device)
+            start = time.perf_counter()
+            run(method, steps)
+            sync(device)
+            times[method].append(time.perf_counter() - start)
+    return {method: statistics.median(ts) for method, ts in times.items()}
+
+
+def peak_mb(problem_name: str, method: str, steps: int, device: torch.device) -> float:
+    """Peak memory of one meta-gradient above the memory held after a 2-step warm-up run.
+    On the CPU this is only meaningful in a fresh process (see `_peak_in_subprocess`)."""
+    run = make_runner(problem_name, device)
+    run(method, 2)
     sync(device)
-    base = resident_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(steps)
-        sync(device)
-        times.append(time.perf_counter() - start)
-        if len(times) == 1:  # the peak of the first run (the others reuse its memory)
-            if device.type == "cuda":
-                peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-            else:
-                peak = peak_resident_mb() - base
-    return dict(seconds=statistics.median(times), peak_mb=peak)
+        run(method, steps)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    base = resident_mb()
+    run(method, steps)
+    return peak_resident_mb() - base
 
 
-def _point_in_subprocess(problem_name, method, steps) -> dict:
+def _peak_in_subprocess(problem_name: str, method: str, steps: int) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine", "--one",
                           json.dumps([problem_name, method, steps])],
@@ -74,28 +98,27 @@ def _point_in_subprocess(problem_name, method, steps) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(steps_list, device: torch.device) -> dict:
+def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS)) -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
     methods = ["unrolled autograd", "engine[torch]", f"engine[{fused}]"]
     rows = []
-    for problem_name in PROBLEMS:
+    for problem_name in students:
         for steps in steps_list:
-            points = {}
+            seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds)
+            peaks = {method: peak_mb(problem_name, method, steps, device)
+                     if device.type == "cuda" else _peak_in_subprocess(problem_name, method, steps)
+                     for method in methods}
+            base = "unrolled autograd"
             for method in methods:
-                if device.type == "cuda":
-                    points[method] = measure_point(problem_name, method, steps, device)
-                else:
-                    points[method] = _point_in_subprocess(problem_name, method, steps)
-            base = points["unrolled autograd"]
-            for method, point in points.items():
                 rows.append(dict(student=problem_name, steps=steps, method=method,
-                                 seconds=point["seconds"], peak_mb=point["peak_mb"],
-                                 time_vs_unrolled=point["seconds"] / base["seconds"],
-                                 memory_vs_unrolled=point["peak_mb"] / max(base["peak_mb"], 1e-9)))
+                                 seconds=seconds[method], peak_mb=peaks[method],
+                                 time_vs_unrolled=seconds[method] / seconds[base],
+                                 memory_vs_unrolled=peaks[method] / max(peaks[base], 1e-9)))
             print(f"{problem_name} T={steps}: "
-                  + ", ".join(f"{m} {p['seconds']:.2f}s {p['peak_mb']:.0f}MB"
-                              for m, p in points.items()), file=sys.stderr)
-    return dict(device=device_name(device), torch=torch.__version__, rows=rows)
+                  + ", ".join(f"{m} {seconds[m]:.2f}s {peaks[m]:.0f}MB" for m in methods),
+                  file=sys.stderr)
+    return dict(device=device_name(device), torch=torch.__version__,
+                threads=torch.get_num_threads(), rounds=rounds, rows=rows)
 
 
 COLUMNS = [("student", "student"), ("steps", "T"), ("method", "method"),
@@ -107,16 +130,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="10,50,100,200,500")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--students", default=",".join(STUDENTS),
+                        help=f"comma-separated subset of: {', '.join(STUDENTS)}")
     parser.add_argument("--out", default=None)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
     if args.one:
-        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
         name, method, steps = json.loads(args.one)
-        print(json.dumps(measure_point(name, method, steps, torch.device("cpu"))))
+        print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"))))
         return
-    result = run([int(s) for s in args.steps.split(",")], torch.device(args.device))
-    print(write_report(result, COLUMNS, "engine", args.out))
+    students = args.students.split(",")
+    unknown = [s for s in students if s not in STUDENTS]
+    if unknown:
+        parser.error(f"unknown students {unknown}; choose from {list(STUDENTS)}")
+    result = run([int(s) for s in args.steps.split(",")], torch.device(args.device), args.rounds,
+                 students)
+    note = (f"{result['threads']} threads; seconds: median of {result['rounds']} rounds in "
+            f"which the methods take turns; float32")
+    print(write_report(result, COLUMNS, "engine", args.out, note))
 
 
 if __name__ == "__main__":

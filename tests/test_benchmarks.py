@@ -22,9 +22,13 @@ def test_kernel_benchmark_quick_run_writes_reports(tmp_path):
     assert (tmp_path / "kernels.csv").read_text().startswith("op,impl,layout")
 
 
-def test_engine_benchmark_point():
-    point = bench_engine.measure_point("MLP", "engine[cpu]", 3, torch.device("cpu"), repeats=1)
-    assert point["seconds"] > 0 and math.isfinite(point["peak_mb"])
+def test_engine_benchmark_quick_run():
+    result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"])
+    methods = {row["method"] for row in result["rows"]}
+    assert methods == {"unrolled autograd", "engine[torch]", "engine[cpu]"}
+    for row in result["rows"]:
+        assert row["seconds"] > 0 and math.isfinite(row["peak_mb"])
+        assert (row["time_vs_unrolled"] == 1) == (row["method"] == "unrolled autograd")
 
 
 def test_parse_size():
