@@ -22,10 +22,8 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -34,7 +32,7 @@ from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
 from .students import PROBLEMS, mlp_problem
-from .timing import device_name, peak_resident_mb, resident_mb, sync
+from .timing import device_name, interleaved_medians, peak_resident_mb, resident_mb, sync
 
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
 # on which the Adam math rather than autograd is most of a step: what the fused kernels can
@@ -63,15 +61,8 @@ def median_seconds_interleaved(problem_name: str, methods: list[str], steps: int
     run = make_runner(problem_name, device)
     for method in methods:
         run(method, 2)  # warm-up: module loading, thread pools, the allocator's first blocks
-    times = {method: [] for method in methods}
-    for _ in range(rounds):
-        for method in methods:
-            sync(device)
-            start = time.perf_counter()
-            run(method, steps)
-            sync(device)
-            times[method].append(time.perf_counter() - start)
-    return {method: statistics.median(ts) for method, ts in times.items()}
+    return interleaved_medians({m: lambda m=m: run(m, steps) for m in methods}, device,
+                               warmup=0, repeats=rounds)
 
 
 def peak_mb(problem_name: str, method: str, steps: int, device: torch.device) -> float:

@@ -1,7 +1,8 @@
 """Kernel benchmarks: `adam_step` per backend against torch.optim.Adam (foreach and fused),
 as one flat buffer and as 64 tensors, and the reverse step per backend against the `torch`
-reference. Prints a markdown table (median time, GB/s, % of the copy bandwidth measured in
-the same run, the byte floor) and writes JSON/CSV/markdown.
+reference. The implementations of one op take turns, one call each per round, on shared
+input sets rotated past the cache. Prints a markdown table (median time, GB/s, % of the copy
+bandwidth measured in the same run, the byte floor) and writes JSON/CSV/markdown.
 
     python -m benchmarks.bench_kernels                   # 1M, 4M, 16M parameters
     python -m benchmarks.bench_kernels --sizes 1M --quick
@@ -17,7 +18,7 @@ import torch
 from farzi_fast import ops
 
 from .report import parse_size, write_report
-from .timing import Rotation, copy_bandwidth, device_name, median_seconds
+from .timing import Rotation, copy_bandwidth, device_name, interleaved_medians
 
 FORWARD_BYTES = 28   # per float32 parameter: read w g m v, write w m v
 REVERSE_BYTES = 76   # reverse_params with hvp (44) + reverse_moments (32)
@@ -103,11 +104,14 @@ def run(sizes: list[int], device: torch.device, quick: bool = False) -> dict:
     for n in sizes:
         groups = [(forward_cases(backends), forward_set), (reverse_cases(backends), reverse_set)]
         for cases, make_set in groups:
-            for case in cases:
-                rotation = Rotation(lambda: make_set(n, device), n * case.bytes_per_param,
-                                    device)
-                seconds = median_seconds(lambda: case.run(rotation.next()), device,
-                                         warmup=1 if quick else 3, repeats=3 if quick else 15)
+            # One rotation per group: its cases take turns on the same input sets.
+            rotation = Rotation(lambda: make_set(n, device),
+                                n * max(c.bytes_per_param for c in cases), device)
+            medians = interleaved_medians(
+                {i: lambda case=case: case.run(rotation.next()) for i, case in enumerate(cases)},
+                device, warmup=1 if quick else 3, repeats=3 if quick else 15)
+            for i, case in enumerate(cases):
+                seconds = medians[i]
                 moved = case.bytes_per_param * n
                 rows.append(dict(op=case.op, impl=case.impl, layout=case.layout, params=n,
                                  median_ms=seconds * 1e3, gb_per_s=moved / seconds / 1e9,

@@ -1,5 +1,6 @@
-"""Timing helpers shared by the benchmarks: medians over repeats after warm-up, device
-events on GPUs, and the copy bandwidth of the same run (the floor every kernel is held to)."""
+"""Timing helpers shared by the benchmarks: medians over repeats after warm-up (contenders
+taking turns), device events on GPUs, the copy bandwidth of the same run (the floor every
+kernel is held to), and resident-set readings for CPU memory peaks."""
 
 from __future__ import annotations
 
@@ -14,28 +15,39 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device: torch.device, *, warmup: int = 3, repeats: int = 15,
-                   min_seconds: float = 0.0) -> float:
-    """Median wall time of `fn()` (device events on CUDA, perf_counter on the CPU).
-    Runs at least `repeats` times and at least `min_seconds` in all."""
-    for _ in range(warmup):
+def _seconds(fn, device: torch.device) -> float:
+    """Wall time of one fn() call: device events on CUDA, perf_counter on the CPU."""
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: dict, device: torch.device, *, warmup: int = 3,
+                        repeats: int = 15) -> dict:
+    """Median seconds of each fns[key]() over `repeats` rounds in which every function runs
+    once, in turn. Taking turns puts a slow spell of the machine (shared CPU VMs drift by tens
+    of percent within a minute) on every contender alike, so their ratios stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     sync(device)
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key].append(_seconds(fn, device))
+    return {key: statistics.median(ts) for key, ts in times.items()}
+
+
+def median_seconds(fn, device: torch.device, *, warmup: int = 3, repeats: int = 15) -> float:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs."""
+    return interleaved_medians({0: fn}, device, warmup=warmup, repeats=repeats)[0]
 
 
 def copy_bandwidth(device: torch.device, n_bytes: int = 256 << 20) -> float:
