@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,83 @@ def test_float32_cpu_backend_runs_and_reports_drift():
     got = meta_gradient(model, loss_fn, outer_fn, 30, meta=meta, lr=0.01)  # default anchors
     assert got.report.w0 < 1e-4 and set(got.report.anchors) == set(range(1, 9)) | {25}
     assert all(torch.isfinite(g).all() for g in got.meta_grads)
+
+
+@pytest.fixture
+def overlap(monkeypatch):
+    """set(flag): force the reverse pass's two halves onto two threads, or onto one."""
+    from farzi_fast.engine import inner
+
+    return lambda flag: monkeypatch.setattr(inner, "overlaps", lambda problem: flag)
+
+
+def test_overlapped_reverse_pass_equals_the_sequential_one_bit_for_bit(overlap):
+    """Same kernels on the same values; one intra-op thread for both runs, as parallel
+    reductions round differently with another thread count."""
+    model = tiny_transformer(dtype=torch.float32).train()
+    loss_fn, outer_fn, meta = language_problem(model, dtype=torch.float32)
+    results, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for flag in (False, True):
+            overlap(flag)
+            torch.manual_seed(5)
+            results.append(meta_gradient(model, loss_fn, outer_fn, 30, meta=meta, lr=0.02,
+                                         anchor_every=7, anchor_head=2))
+    finally:
+        torch.set_num_threads(threads)
+    sequential, overlapped = results
+    assert torch.equal(sequential.meta_grads[0], overlapped.meta_grads[0])
+    assert torch.equal(sequential.lr_grad, overlapped.lr_grad)
+    for name, grad in sequential.init_grads.items():
+        assert torch.equal(grad, overlapped.init_grads[name]), name
+    assert sequential.report == overlapped.report
+
+
+class _FailsTwice(torch.autograd.Function):
+    """Identity whose backward works once and whose double backward raises."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Raises.apply(grad)
+
+
+class _Raises(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no double backward here")
+
+
+@pytest.mark.parametrize("flag", [False, True], ids=["sequential", "overlapped"])
+def test_errors_of_either_half_of_the_reverse_pass_reach_the_caller(overlap, flag):
+    overlap(flag)
+    model, _, outer_fn, (x, y) = _simple()
+    threads, alive = torch.get_num_threads(), threading.active_count()
+
+    def no_double_backward(f, t, x, y):  # fails in the adjoint half (double backward)
+        return ((_FailsTwice.apply(f(x[t % 3])) - y[t % 3]) ** 2).mean()
+
+    with pytest.raises(RuntimeError, match="no double backward here"):
+        meta_gradient(model, no_double_backward, outer_fn, 6, meta=(x, y))
+    calls = []
+
+    def fails_in_reverse(f, t, x, y):  # fails in the primal half (user code)
+        calls.append(t)
+        if len(calls) > 8:
+            raise KeyError("reverse")
+        return ((f(x[t % 3]) - y[t % 3]) ** 2).mean()
+
+    with pytest.raises(KeyError, match="reverse"):
+        meta_gradient(model, fails_in_reverse, outer_fn, 6, meta=(x, y))
+    assert torch.get_num_threads() == threads and threading.active_count() == alive
 
 
 # --- refused input ---------------------------------------------------------------------

@@ -1,15 +1,21 @@
 """The inner loop (T Adam steps) forward, and its reverse pass with the fused kernels.
 
 Forward keeps only the final state (w_T, m_T, v_T), the exact anchors every K steps when
-asked, and one generator state per step. Reverse walks t = T..1: reconstruct w_{t-1}
-(ops.adam_reverse_params), recompute g_t at w_{t-1} with create_graph=True, reconstruct
-m_{t-1}, v_{t-1} and form g_bar (ops.adam_reverse_moments), and one double-backward call
-gives both Hessian-vector products, with respect to w and to the meta tensors.
+asked, and one generator state per step. The reverse pass has two halves. The primal half
+walks t = T..1: reconstruct w_{t-1} (ops.adam_reverse_params), recompute g_t at w_{t-1}
+with create_graph=True, reconstruct m_{t-1}, v_{t-1} (ops.adam_reverse_moments). The adjoint
+half takes each step's graph and updates the adjoints with the same two kernels, forming
+g_bar, and one double-backward call gives both Hessian-vector products, with respect to w
+and to the meta tensors. The primal half never waits for the adjoints, so on a CPU it runs
+one step ahead on the calling thread while a second thread does the adjoint half.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -131,49 +137,157 @@ class ReverseResult:
     report: DriftReport
 
 
-def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor, meta,
-                meta_needs_grad) -> ReverseResult:
-    """Reverse pass from dF/dw_T. Consumes `state` (its buffers are reconstructed in place)."""
+@dataclass
+class _StepGraph:
+    """What the adjoint half of reverse step t takes from the primal half."""
+
+    t: int
+    state: tuple  # copies of (w_t, m_t, v_t)
+    leaf: torch.Tensor  # w_{t-1}, the input of g's graph
+    g: torch.Tensor  # g_t at w_{t-1}, with its graph (create_graph=True)
+
+
+def _primal_steps(problem: InnerProblem, state: ForwardState, meta, report: DriftReport):
+    """Walk the trajectory backwards, yielding step T's graph, then T-1's, ... 1's.
+
+    Reconstructs w_{t-1}, recomputes g_t there with create_graph=True, reconstructs m_{t-1}
+    and v_{t-1}, re-anchoring on exact states where there are some. None of this needs the
+    adjoints, so it can run ahead of them. The fused kernels also update adjoints; here they
+    get zero ones (`nothing`) that stay zero.
+    """
     device = problem.layout.device
     h, kernels = problem.hyper, problem.kernels
     w, m, v = state.w, state.m, state.v
-    w_bar = w_bar.detach().clone()
-    m_bar, v_bar, g_bar = (torch.zeros_like(w) for _ in range(3))
-    lr_grad = torch.zeros((), dtype=torch.float64, device=device)
+    nothing = [torch.zeros_like(w) for _ in range(4)]  # w_bar, m_bar, v_bar, g_bar
+    for t in range(problem.steps, 0, -1):
+        saved = (w.clone(), m.clone(), v.clone())
+        kernels.adam_reverse_params(w, m, v, *nothing[:3], None, t, h)
+        # Re-anchor on the exact state after step t-1 as soon as each part of it is
+        # reconstructed: w before g_t is recomputed at it, m and v after the moments.
+        exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
+        if exact is not None:
+            report.anchors[t - 1] = {"w": _relative(w, exact[0])}
+            w.copy_(exact[0])
+        rng.restore(state.rng_states[t - 1], device)
+        with torch.enable_grad():
+            # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
+            leaf = w.clone().requires_grad_()
+            loss = _inner_loss(problem, leaf, t, meta)
+            (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+        kernels.adam_reverse_moments(m, v, g.detach().contiguous(), nothing[1], nothing[2],
+                                     nothing[3], h)
+        if exact is not None:
+            for name, got, want in (("m", m, exact[1]), ("v", v, exact[2])):
+                report.anchors[t - 1][name] = _relative(got, want)
+                got.copy_(want)
+        yield _StepGraph(t, saved, leaf, g)
+
+
+class _Adjoints:
+    """The adjoint half of the reverse pass: (w_bar, m_bar, v_bar), dF/dlr and dF/dmeta,
+    updated one step graph at a time (T first)."""
+
+    def __init__(self, problem: InnerProblem, w_bar: torch.Tensor, wanted: list):
+        self.problem, self.wanted = problem, wanted
+        self.w_bar = w_bar.detach().clone()
+        self.m_bar, self.v_bar, self.g_bar = (torch.zeros_like(self.w_bar) for _ in range(3))
+        self.lr_grad = torch.zeros((), dtype=torch.float64, device=self.w_bar.device)
+        self.meta_bar = [torch.zeros_like(x) for x in wanted]
+        self.hvp = None
+
+    def step(self, graph: _StepGraph) -> None:
+        h, kernels = self.problem.hyper, self.problem.kernels
+        w, m, v = graph.state  # this step's copies: overwritten freely
+        self.lr_grad += kernels.adam_reverse_params(w, m, v, self.w_bar, self.m_bar,
+                                                    self.v_bar, self.hvp, graph.t, h)
+        kernels.adam_reverse_moments(m, v, graph.g.detach().contiguous(), self.m_bar,
+                                     self.v_bar, self.g_bar, h)
+        hvps = torch.autograd.grad(graph.g, [graph.leaf, *self.wanted],
+                                   grad_outputs=self.g_bar, allow_unused=True)
+        self.hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(w)
+        for acc, term in zip(self.meta_bar, hvps[1:]):
+            if term is not None:
+                acc += term
+
+    def finish(self) -> torch.Tensor:
+        """dF/dw0: completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)."""
+        return self.w_bar + self.hvp
+
+
+def _overlapped(items, consume) -> None:
+    """consume(item) for every item of the iterator `items`, on a second thread, so that
+    producing item k+1 overlaps consuming item k. At most one item waits in between."""
+    handoff = queue.Queue(maxsize=1)
+    failure = []
+
+    def worker():
+        try:
+            while (item := handoff.get()) is not None:
+                consume(item)
+        except BaseException as error:  # handed to the calling thread below
+            failure.append(error)
+            while handoff.get() is not None:  # keep the producer from blocking
+                pass
+
+    thread = threading.Thread(target=worker, name="farzi_fast-adjoints", daemon=True)
+    thread.start()
+    try:
+        for item in items:
+            if failure:
+                break
+            handoff.put(item)
+    finally:
+        handoff.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def overlaps(problem: InnerProblem) -> bool:
+    """Whether the reverse pass runs its two halves on two threads: on CPUs with at least two
+    threads for torch. Not yet on GPUs: unmeasured there."""
+    return problem.layout.device.type == "cpu" and torch.get_num_threads() >= 2
+
+
+@contextlib.contextmanager
+def _cores_split_between_two_threads():
+    """Halve torch's intra-op threads while two threads compute, and restore them after.
+
+    Measured on 2 cores (benchmarks/NOTES.md): with both threads on 2 intra-op threads each,
+    OpenMP's spinning workers took the cores from the other thread and overlapping was slower
+    than not; with 1 each, a meta-gradient of the benchmark Transformer (T = 100) took 1.24 s
+    instead of 1.59 s without overlap.
+    Global while it lasts: torch work on other threads of the process sees the halved count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor, meta,
+                meta_needs_grad) -> ReverseResult:
+    """Reverse pass from dF/dw_T. Consumes `state` (its buffers are reconstructed in place).
+    The same kernels run on the same values whether or not the halves overlap: at the same
+    number of intra-op threads the result is the same bit for bit."""
+    device = problem.layout.device
     meta = [x.detach().requires_grad_(need) for x, need in zip(meta, meta_needs_grad)]
     wanted = [x for x, need in zip(meta, meta_needs_grad) if need]
-    meta_bar = [torch.zeros_like(x) for x in wanted]
     report = DriftReport()
-    hvp = None
+    adjoints = _Adjoints(problem, w_bar, wanted)
     with rng.preserved(device):
-        for t in range(problem.steps, 0, -1):
-            lr_grad += kernels.adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, t, h)
-            # Re-anchor on the exact state after step t-1 as soon as each part of it is
-            # reconstructed: w before g_t is recomputed at it, m and v after the moments.
-            exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
-            if exact is not None:
-                report.anchors[t - 1] = {"w": _relative(w, exact[0])}
-                w.copy_(exact[0])
-            rng.restore(state.rng_states[t - 1], device)
-            with torch.enable_grad():
-                leaf = w.detach().requires_grad_()
-                loss = _inner_loss(problem, leaf, t, meta)
-                (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
-                kernels.adam_reverse_moments(m, v, g.detach().contiguous(), m_bar, v_bar,
-                                             g_bar, h)
-                hvps = torch.autograd.grad(g, [leaf, *wanted], grad_outputs=g_bar,
-                                           allow_unused=True)
-            if exact is not None:
-                for name, got, want in (("m", m, exact[1]), ("v", v, exact[2])):
-                    report.anchors[t - 1][name] = _relative(got, want)
-                    got.copy_(want)
-            hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(w)
-            for acc, term in zip(meta_bar, hvps[1:]):
-                if term is not None:
-                    acc += term
-    w_bar += hvp  # completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)
-    report.w0 = _relative(w, state.w0)
-    return ReverseResult(per_meta(meta_needs_grad, meta_bar), lr_grad, w_bar, report)
+        graphs = _primal_steps(problem, state, meta, report)
+        if overlaps(problem):
+            with _cores_split_between_two_threads():
+                _overlapped(graphs, adjoints.step)
+        else:
+            for graph in graphs:
+                adjoints.step(graph)
+    report.w0 = _relative(state.w, state.w0)
+    return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
+                         adjoints.finish(), report)
 
 
 def per_meta(needs, values) -> list:
