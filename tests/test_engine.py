@@ -1,6 +1,7 @@
 """The engine against unrolled autograd (float64, exact), finite differences, float32 with
 anchors, memory that does not grow with T, and refused input."""
 
+import concurrent.futures
 import copy
 import json
 import os
@@ -298,6 +299,39 @@ def test_overlapped_reverse_pass_equals_the_sequential_one_bit_for_bit(overlap):
     for name, grad in sequential.init_grads.items():
         assert torch.equal(grad, overlapped.init_grads[name]), name
     assert sequential.report == overlapped.report
+
+
+def test_concurrent_reverse_passes_restore_torch_threads():
+    """One model per thread: functional_call swaps a module's tensors while it runs, so
+    concurrent calls on one model object are not supported (README: Threads)."""
+    model, loss_fn, outer_fn, meta = _simple()
+    want = unrolled_meta_gradient(model, loss_fn, outer_fn, 40, meta=meta, lr=0.05)
+    threads = torch.get_num_threads()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(meta_gradient, copy.deepcopy(model), loss_fn, outer_fn, 40,
+                            meta=meta, lr=0.05) for _ in range(3)]
+        for run in runs:
+            assert_same_gradients(run.result(), want, 1e-9)
+    assert torch.get_num_threads() == threads
+
+
+def test_overlapping_thread_splits_restore_the_count_once_all_have_ended():
+    from farzi_fast.engine.inner import _CoresSplit
+
+    split, threads = _CoresSplit(), torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        first, second = split(), split()
+        first.__enter__()
+        assert torch.get_num_threads() == 2
+        second.__enter__()  # a second reverse pass meanwhile shares the halving
+        assert torch.get_num_threads() == 2
+        first.__exit__(None, None, None)
+        assert torch.get_num_threads() == 2  # the second one still runs
+        second.__exit__(None, None, None)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _FailsTwice(torch.autograd.Function):

@@ -249,22 +249,39 @@ def overlaps(problem: InnerProblem) -> bool:
     return problem.layout.device.type == "cpu" and torch.get_num_threads() >= 2
 
 
-@contextlib.contextmanager
-def _cores_split_between_two_threads():
-    """Halve torch's intra-op threads while two threads compute, and restore them after.
+class _CoresSplit:
+    """Halves torch's intra-op threads while two threads compute, and restores them after.
 
     Measured on 2 cores (benchmarks/NOTES.md): with both threads on 2 intra-op threads each,
     OpenMP's spinning workers took the cores from the other thread and overlapping was slower
     than not; with 1 each, a meta-gradient of the benchmark Transformer (T = 100) took 1.24 s
-    instead of 1.59 s without overlap.
-    Global while it lasts: torch work on other threads of the process sees the halved count.
+    instead of 1.59 s without overlap. Global while it lasts: torch work on other threads of
+    the process sees the halved count. Reverse passes running at the same time on several
+    threads share one halving; the last to finish restores the count.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before // 2))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before = 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._users == 0:
+                self._before = torch.get_num_threads()
+                torch.set_num_threads(max(1, self._before // 2))
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    torch.set_num_threads(self._before)
+
+
+_cores_split_between_two_threads = _CoresSplit()
 
 
 def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor, meta,
