@@ -150,37 +150,44 @@ class _StepGraph:
 def _primal_steps(problem: InnerProblem, state: ForwardState, meta, report: DriftReport):
     """Walk the trajectory backwards, yielding step T's graph, then T-1's, ... 1's.
 
-    Reconstructs w_{t-1}, recomputes g_t there with create_graph=True, reconstructs m_{t-1}
-    and v_{t-1}, re-anchoring on exact states where there are some. None of this needs the
-    adjoints, so it can run ahead of them. The fused kernels also update adjoints; here they
-    get zero ones (`nothing`) that stay zero.
+    None of this needs the adjoints, so it can run ahead of them. The fused kernels also
+    update adjoints; here they get zero ones (`nothing`) that stay zero.
     """
+    nothing = [torch.zeros_like(state.w) for _ in range(4)]  # w_bar, m_bar, v_bar, g_bar
+    for t in range(problem.steps, 0, -1):
+        # A call, not inline code: no local of this generator keeps step t's graph alive
+        # while step t-1's is built.
+        yield _primal_step(problem, state, meta, report, nothing, t)
+
+
+def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: DriftReport,
+                 nothing: list, t: int) -> _StepGraph:
+    """Reconstruct w_{t-1}, recompute g_t there with create_graph=True, reconstruct m_{t-1}
+    and v_{t-1}, re-anchoring on exact states where there are some."""
     device = problem.layout.device
     h, kernels = problem.hyper, problem.kernels
     w, m, v = state.w, state.m, state.v
-    nothing = [torch.zeros_like(w) for _ in range(4)]  # w_bar, m_bar, v_bar, g_bar
-    for t in range(problem.steps, 0, -1):
-        saved = (w.clone(), m.clone(), v.clone())
-        kernels.adam_reverse_params(w, m, v, *nothing[:3], None, t, h)
-        # Re-anchor on the exact state after step t-1 as soon as each part of it is
-        # reconstructed: w before g_t is recomputed at it, m and v after the moments.
-        exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
-        if exact is not None:
-            report.anchors[t - 1] = {"w": _relative(w, exact[0])}
-            w.copy_(exact[0])
-        rng.restore(state.rng_states[t - 1], device)
-        with torch.enable_grad():
-            # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
-            leaf = w.clone().requires_grad_()
-            loss = _inner_loss(problem, leaf, t, meta)
-            (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
-        kernels.adam_reverse_moments(m, v, g.detach().contiguous(), nothing[1], nothing[2],
-                                     nothing[3], h)
-        if exact is not None:
-            for name, got, want in (("m", m, exact[1]), ("v", v, exact[2])):
-                report.anchors[t - 1][name] = _relative(got, want)
-                got.copy_(want)
-        yield _StepGraph(t, saved, leaf, g)
+    saved = (w.clone(), m.clone(), v.clone())
+    kernels.adam_reverse_params(w, m, v, *nothing[:3], None, t, h)
+    # Re-anchor on the exact state after step t-1 as soon as each part of it is
+    # reconstructed: w before g_t is recomputed at it, m and v after the moments.
+    exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
+    if exact is not None:
+        report.anchors[t - 1] = {"w": _relative(w, exact[0])}
+        w.copy_(exact[0])
+    rng.restore(state.rng_states[t - 1], device)
+    with torch.enable_grad():
+        # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
+        leaf = w.clone().requires_grad_()
+        loss = _inner_loss(problem, leaf, t, meta)
+        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+    kernels.adam_reverse_moments(m, v, g.detach().contiguous(), nothing[1], nothing[2],
+                                 nothing[3], h)
+    if exact is not None:
+        for name, got, want in (("m", m, exact[1]), ("v", v, exact[2])):
+            report.anchors[t - 1][name] = _relative(got, want)
+            got.copy_(want)
+    return _StepGraph(t, saved, leaf, g)
 
 
 class _Adjoints:
@@ -216,18 +223,24 @@ class _Adjoints:
 
 def _overlapped(items, consume) -> None:
     """consume(item) for every item of the iterator `items`, on a second thread, so that
-    producing item k+1 overlaps consuming item k. At most one item waits in between."""
+    producing item k+1 overlaps consuming item k. The handoff is a rendezvous: the producer
+    waits until the worker has taken item k before it starts item k+2, so at most two items
+    are alive at once (each holds a step's graph)."""
     handoff = queue.Queue(maxsize=1)
     failure = []
 
     def worker():
-        try:
-            while (item := handoff.get()) is not None:
-                consume(item)
-        except BaseException as error:  # handed to the calling thread below
-            failure.append(error)
-            while handoff.get() is not None:  # keep the producer from blocking
-                pass
+        while True:
+            item = handoff.get()
+            handoff.task_done()  # taken: the producer may go on
+            if item is None:
+                return
+            if not failure:  # after a failure, only drain until the producer stops
+                try:
+                    consume(item)
+                except BaseException as error:  # handed to the calling thread below
+                    failure.append(error)
+            del item
 
     thread = threading.Thread(target=worker, name="farzi_fast-adjoints", daemon=True)
     thread.start()
@@ -236,6 +249,8 @@ def _overlapped(items, consume) -> None:
             if failure:
                 break
             handoff.put(item)
+            del item  # the worker holds it now
+            handoff.join()
     finally:
         handoff.put(None)
         thread.join()
