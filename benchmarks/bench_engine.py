@@ -35,8 +35,8 @@ from .students import PROBLEMS, mlp_problem
 from .timing import device_name, interleaved_medians, peak_resident_mb, resident_mb, sync
 
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
-# on which the Adam math rather than autograd is most of a step: what the fused kernels can
-# speed up is that share (benchmarks/NOTES.md, "engine").
+# on which the Adam math is a large share of a step: what the fused kernels can speed up is
+# that share (benchmarks/NOTES.md, "engine").
 STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512)}
 
 

@@ -145,6 +145,11 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     after each of the first `anchor_head` steps (default 8) and every `anchor_every` steps
     (default 25). ``anchor_every=steps, anchor_head=0`` is pure reversal (the paper's scheme,
     O(1) memory, exact only in float64 and for short loops).
+
+    On a CPU with two or more torch threads the reverse pass overlaps its two halves on two
+    threads, each with half of torch's intra-op threads while it runs (restored after).
+    Calls on one model object from several threads at once are not supported
+    (functional_call swaps the module's tensors while it runs).
     """
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend)
