@@ -84,18 +84,22 @@ def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConf
     `pretrained_students` students trained on real data; with none, the student's own
     initialisation only."""
     if config.pretrained_students == 0:
-        return [{n: p.detach().clone() for n, p in student.named_parameters()}]
+        return [_snapshot(student)]
     pool = []
     for i in range(config.pretrained_students):
         model = copy.deepcopy(student)
         _reset_parameters(model, config.seed * 1000 + i)
-        snapshot = lambda: {n: p.detach().clone() for n, p in model.named_parameters()}  # noqa: E731
-        pool.append(snapshot())
+        pool.append(_snapshot(model))
         for _ in range(config.pretrain_steps // config.pretrain_every):
             train_student(model, train, steps=config.pretrain_every, lr=config.pretrain_lr,
                           seed=config.seed * 1000 + i + len(pool))
-            pool.append(snapshot())
+            pool.append(_snapshot(model))
     return pool
+
+
+def _snapshot(model: nn.Module) -> dict:
+    """A copy of the model's parameters, name -> tensor."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def _check_student(student, train: torch.Tensor):
