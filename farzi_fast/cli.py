@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .farzi.distill import distill
+from .farzi.distill import changed_settings, distill
 from .farzi.summary import FarziData, atomic_save, safe_load
 from .farzi.tasks import load_task
 from .farzi.train import random_subset, train_student
@@ -74,8 +74,7 @@ def cmd_distill(args) -> int:
         if not args.resume:
             raise SystemExit(f"{out} already holds a run; pass --resume to continue it or "
                              f"choose another --out")
-        different = {k: (saved.get(k), v) for k, v in config.items()
-                     if saved.get(k) != v and k != "outer_steps"}
+        different = changed_settings(saved, config)
         if different:
             raise SystemExit("refusing to resume with a different configuration: " + ", ".join(
                 f"{k}: {a!r} -> {b!r}" for k, (a, b) in different.items()))

@@ -196,12 +196,17 @@ def _load_checkpoint(path, config: DistillConfig):
     state = safe_load(path, "distill checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a farzi_fast distill checkpoint")
-    saved = state["config"]
-    differences = {k: (saved.get(k), v) for k, v in config.as_dict().items()
-                   if saved.get(k) != v and k != "outer_steps"}
+    differences = changed_settings(state["config"], config.as_dict())
     if differences:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in
                            differences.items())
         raise ValueError(f"refusing to resume {path}: it was written with a different "
                          f"configuration ({detail})")
     return state
+
+
+def changed_settings(saved: dict, now: dict) -> dict:
+    """The settings of `now` that differ from `saved`, name -> (saved, now): what forbids
+    resuming a run. `outer_steps` may change, so a finished run can be continued further."""
+    return {k: (saved.get(k), v) for k, v in now.items()
+            if saved.get(k) != v and k != "outer_steps"}
