@@ -1,124 +1,224 @@
-"""Distillation results: a student trained on the full data, on a FarziData summary and on a
-random subset of the same size (μ real sequences cut to ξ items), same student, same
-training budget, test metrics side by side.
+"""The distillation table: students trained from scratch on a FarziData summary and on every
+baseline by one protocol (farzi_fast.farzi.protocol: fixed recipe, checkpoint chosen on
+validation, scored on test), for the architecture distilled with (SASRec / Transformer LM)
+and for a GRU4Rec one it never saw.
 
-    python -m benchmarks.bench_distill --dataset ml-100k --out DIR            # small, CPU
-    python -m benchmarks.bench_distill --dataset ml-100k --paper --out DIR    # paper size, GPU
+    python -m benchmarks.bench_distill --dataset ml-100k --preset cpu --seeds 0 1 2 --out DIR
+    python -m benchmarks.bench_distill --dataset ml-100k --variant latent8 --seeds 0 --out DIR
+
+Every result is appended to DIR/distill-<dataset>-<preset>.jsonl as it comes and skipped when
+already there, so a cut run continues where it stopped; the table (mean ± std over seeds,
+ratios to the baselines) is rebuilt from that file each time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from farzi_fast import distill
+from farzi_fast.farzi.metrics import score_recommendations
+from farzi_fast.farzi.presets import preset
+from farzi_fast.farzi.protocol import Recipe, fit, fit_and_test, popularity_summary
 from farzi_fast.farzi.tasks import load_task
-from farzi_fast.farzi.train import random_subset, train_student
+from farzi_fast.farzi.train import random_subset
 
 from .report import write_report
 from .timing import device_name
 
-# Small enough for a 2-core CPU in minutes; the paper's sizes are 50x150 (ML-100K) and
-# the PTB summaries of its Table 2, run with --paper on a GPU.
-CONFIGS = {
-    "ml-100k": dict(small=dict(size=(50, 20), max_len=50, dim=50, heads=1, layers=2,
-                               inner_steps=20, outer_steps=100, train_steps=400),
-                    paper=dict(size=(50, 150), max_len=200, dim=50, heads=1, layers=2,
-                               inner_steps=50, outer_steps=1000, train_steps=2000)),
-    "ptb": dict(small=dict(size=(50, 20), max_len=20, dim=64, heads=2, layers=2,
-                           inner_steps=10, outer_steps=40, train_steps=400),
-                paper=dict(size=(200, 50), max_len=50, dim=128, heads=4, layers=2,
-                           inner_steps=50, outer_steps=1000, train_steps=4000)),
+# Evaluation students: the distilled architecture, and a recurrent one it never saw.
+EVAL_STUDENTS = {"transformer": dict(architecture="transformer"),
+                 "gru": dict(architecture="gru", dim=64, layers=1)}
+# The paper's ablations and ours, as overrides of the preset's distill() settings.
+VARIANTS = {
+    "default": {},
+    "latent8": dict(latent_dim=8),                       # the paper's factorisation, d = 8
+    "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
+    "no-pretrained": dict(pretrained_students=0),        # inner loops from random inits
 }
+DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
+                "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps")
+EVALUATION = Recipe()  # every number in the table: one recipe for every data source
+VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)  # scoring summaries mid-run
 
 
-def run(dataset: str, data_path, paper: bool, device: torch.device, seed: int = 0,
-        pretrained_students: int = 2, out=None) -> dict:
-    cfg = dict(CONFIGS[dataset]["paper" if paper else "small"],
-               pretrained_students=pretrained_students)
-    task = load_task(dataset, data_path, cfg["max_len"])
-    student_args = dict(dim=cfg["dim"], heads=cfg["heads"], layers=cfg["layers"])
+class Results:
+    """Rows appended to a JSON-lines file as they come; a row already there is not redone."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = ([json.loads(line) for line in path.read_text().splitlines() if line]
+                     if path.exists() else [])
+
+    def has(self, **key) -> bool:
+        return any(all(r.get(k) == v for k, v in key.items()) for r in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+def student_factory(task, cfg, arch, device):
+    kwargs = dict(dim=cfg["dim"], heads=cfg["heads"], layers=cfg["layers"],
+                  dropout=cfg["dropout"]) | EVAL_STUDENTS[arch]
+    return lambda: task.student(**kwargs).to(device)
+
+
+def evaluate_source(results, task, cfg, source, data, tokens, device, seed=0, **extra):
+    for arch in EVAL_STUDENTS:
+        if results.has(source=source, arch=arch, seed=seed):
+            continue
+        start = time.perf_counter()
+        result = fit_and_test(student_factory(task, cfg, arch, device), data, task, EVALUATION,
+                              seed)
+        results.add(dict(source=source, arch=arch, seed=seed, tokens=tokens,
+                         test=result.test, valid=result.valid, step=result.step,
+                         seconds=round(time.perf_counter() - start, 1), **extra))
+
+
+def baselines(results, task, cfg, device, draws: int):
     rows = task.train_rows()
     mu, xi = cfg["size"]
+    if task.name == "ml-100k":
+        counts = task.data.item_counts()
+        if not results.has(source="most popular (no model)"):
+            metrics = {split: score_recommendations(
+                lambda x: counts.float().expand(len(x), -1), None, task.data, split,
+                task.max_len) for split in ("valid", "test")}
+            results.add(dict(source="most popular (no model)", arch="-", seed=0, tokens=0,
+                             test=metrics["test"], valid=metrics["valid"], step=0, seconds=0))
+    else:
+        counts = torch.bincount(task.data.train, minlength=task.data.vocab_size)
+    evaluate_source(results, task, cfg, "full data", rows, real_tokens(task, rows), device)
+    evaluate_source(results, task, cfg, "popularity summary",
+                    popularity_summary(counts, mu, xi), mu * xi, device)
+    for draw in range(draws):
+        subset = random_subset(rows, mu, draw)[:, -(xi + 1):]
+        evaluate_source(results, task, cfg, "random real sequences", subset,
+                        real_tokens(task, subset), device, seed=draw)
 
-    def fresh_student():
-        torch.manual_seed(seed)
-        return task.student(**student_args).to(device)
 
-    def train_and_test(data, steps=cfg["train_steps"], lr=1e-3, batch_size=128):
-        start = time.perf_counter()
-        student = train_student(fresh_student(), data, steps=steps, lr=lr, seed=seed,
-                                batch_size=batch_size)
-        return task.evaluate(student, "test"), time.perf_counter() - start
+def real_tokens(task, rows: torch.Tensor) -> int:
+    """Tokens in real rows: all of them for text, the non-padding ones for interactions."""
+    return int((rows != 0).sum()) if task.name == "ml-100k" else rows.numel()
 
-    results = []
-    full_metrics, full_time = train_and_test(rows)
-    tokens_full = int((rows != 0).sum()) if dataset == "ml-100k" else rows.numel()
-    results.append(("full data", f"{len(rows)} x {rows.shape[1]}", tokens_full, full_metrics,
-                    full_time))
 
+def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path):
+    name = "FarziData" if variant == "default" else f"FarziData [{variant}]"
+    if results.has(source=name, seed=seed, arch="gru"):
+        return
+    settings = {k: cfg[k] for k in DISTILL_KEYS} | {
+        k: v for k, v in VARIANTS[variant].items() if k in DISTILL_KEYS or k == "init"}
+    eval_every = VARIANTS[variant].get("eval_every", cfg["eval_every"])
+    make = student_factory(task, cfg, "transformer", device)
+    sign = 1.0 if task.higher_is_better else -1.0
+    start_summary = {}
+
+    def validate(step, farzi):
+        if step == 0:
+            start_summary["soft"] = farzi.soft().detach().clone()
+        return sign * fit(make, farzi.soft().detach(), task, VALIDATION, seed).valid[task.metric]
+
+    teacher = None
+    if settings["pretrained_students"] == 0:  # the teacher must come from somewhere else
+        teacher = fit(make, task.train_rows(), task, EVALUATION, seed).student
     start = time.perf_counter()
-    summary = distill(fresh_student(), rows, size=(mu, xi), latent_dim=8,
-                      inner_steps=cfg["inner_steps"], outer_steps=cfg["outer_steps"],
-                      pretrained_students=pretrained_students, device=device, seed=seed)
-    distill_time = time.perf_counter() - start
-    if out is not None:
-        summary.save(f"{out}/farzi-{dataset}-{mu}x{xi}.pt")
-    soft = summary.soft().detach()
-    farzi_metrics, farzi_train = train_and_test(soft)
-    results.append(("FarziData", f"{mu} x {xi}", mu * xi, farzi_metrics,
-                    distill_time + farzi_train))
-    # the recipe the summary was optimised for: the inner loop's steps, lr and full batch
-    inner_metrics, inner_train = train_and_test(soft, steps=cfg["inner_steps"], lr=1e-2,
-                                                batch_size=mu)
-    results.append(("FarziData, inner-loop recipe", f"{mu} x {xi}", mu * xi, inner_metrics,
-                    distill_time + inner_train))
+    torch.manual_seed(seed)
+    summary = distill(make(), task.train_rows(), size=cfg["size"], device=device, seed=seed,
+                      validate=validate, validate_every=eval_every, teacher=teacher, **settings)
+    seconds = round(time.perf_counter() - start, 1)
+    summary.save(out / f"farzi-{task.name}-{variant}-seed{seed}.pt")
+    mu, xi = cfg["size"]
+    extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
+                 entropy=summary.entropy(), variant=variant)
+    if variant == "default" and "soft" in start_summary:
+        evaluate_source(results, task, cfg, "teacher-labelled start (0 outer steps)",
+                        start_summary["soft"], mu * xi, device, seed=seed)
+    evaluate_source(results, task, cfg, name, summary.soft().detach(), mu * xi, device,
+                    seed=seed, **extra)
 
-    subset = random_subset(rows, mu, seed)[:, -(xi + 1):]
-    subset_tokens = int((subset != 0).sum())
-    random_metrics, random_time = train_and_test(subset)
-    results.append((f"random {mu} sequences", f"{mu} x {xi + 1}", subset_tokens,
-                    random_metrics, random_time))
-    random_inner, random_inner_time = train_and_test(subset, steps=cfg["inner_steps"], lr=1e-2,
-                                                     batch_size=mu)
-    results.append((f"random {mu} sequences, inner-loop recipe", f"{mu} x {xi + 1}",
-                    subset_tokens, random_inner, random_inner_time))
 
-    key = task.metric
-    table = []
-    for data, size, tokens, metrics, seconds in results:
-        ratio = (metrics[key] / full_metrics[key] if task.higher_is_better
-                 else full_metrics[key] / metrics[key])
-        table.append(dict(dataset=dataset, data=data, size=size, tokens=tokens,
-                          pct_tokens=100 * tokens / tokens_full, **metrics,
-                          pct_of_full=100 * ratio, seconds=seconds))
-    return dict(device=device_name(device), torch=torch.__version__, config=cfg, rows=table,
-                metric=key)
+def table(results, task, cfg) -> list[dict]:
+    metric = task.metric
+    groups = {}
+    for r in results.rows:
+        groups.setdefault((r["source"], r["arch"]), []).append(r)
+
+    def mean(source, arch):
+        rows = groups.get((source, arch))
+        return statistics.mean(r["test"][metric] for r in rows) if rows else None
+
+    out = []
+    for (source, arch), rows in groups.items():
+        values = [r["test"][metric] for r in rows]
+        row = dict(source=source, student=arch, n=len(values), tokens=rows[0]["tokens"],
+                   mean=statistics.mean(values),
+                   std=statistics.stdev(values) if len(values) > 1 else 0.0)
+        for base, key in (("full data", "x_full"), ("random real sequences", "x_random"),
+                          ("popularity summary", "x_popularity")):
+            ref = mean(base, arch if arch != "-" else "transformer")
+            if ref:
+                row[key] = row["mean"] / ref if task.higher_is_better else ref / row["mean"]
+        if "distill_seconds" in rows[0]:
+            row["distill_min"] = statistics.mean(r["distill_seconds"] for r in rows) / 60
+            row["selected_step"] = "/".join(str(r["selected_step"]) for r in rows)
+        out.append(row)
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=sorted(CONFIGS), required=True)
+    parser.add_argument("--dataset", choices=["ml-100k", "ptb"], required=True)
     parser.add_argument("--data", default=None)
-    parser.add_argument("--paper", action="store_true", help="the paper-size configuration")
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--draws", type=int, default=3, help="random subsets drawn")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--pretrained-students", type=int, default=2,
-                        help="students whose trajectories start the inner loops (0: random init)")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    result = run(args.dataset, args.data, args.paper, torch.device(args.device),
-                 pretrained_students=args.pretrained_students, out=args.out)
-    metric_columns = [(k, k) for k in result["rows"][0] if "@" in k or k == "perplexity"]
-    columns = [("data", "trained on"), ("size", "sequences x length"), ("tokens", "tokens"),
-               ("pct_tokens", "% of tokens"), *metric_columns,
-               ("pct_of_full", f"% of full {result['metric']}"), ("seconds", "seconds")]
-    name = (f"distill-{args.dataset}{'-paper' if args.paper else ''}"
-            f"-pretrained{args.pretrained_students}")
-    note = "configuration: " + ", ".join(f"{k}={v}" for k, v in result["config"].items())
-    print(write_report(result, columns, name, args.out, note=note))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = preset(args.dataset, args.preset)
+    task = load_task(args.dataset, args.data, cfg["max_len"])
+    name = f"distill-{args.dataset}-{args.preset}"
+    rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
+               torch.device(args.device), with_baselines=not args.no_baselines)
+    note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
+            f"; evaluation students: {EVAL_STUDENTS}; recipe: {EVALUATION}")
+    print(write_report(dict(device=device_name(torch.device(args.device)),
+                            torch=torch.__version__, config=cfg, rows=rows,
+                            metric=task.metric), COLUMNS(task), name, args.out, note=note))
 
+
+def COLUMNS(task):
+    return [("source", "trained on"), ("student", "student"), ("n", "runs"),
+            ("tokens", "tokens"), ("mean", f"test {task.metric} mean"), ("std", "std"),
+            ("x_full", "× full data"), ("x_random", "× random"),
+            ("x_popularity", "× popularity summary"), ("distill_min", "distill min"),
+            ("selected_step", "step kept")]
+
+
+def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
+        with_baselines=True) -> list[dict]:
+    """Baselines, then a distillation per seed, each result appended to OUT/NAME.jsonl;
+    returns the table rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = Results(out / f"{name}.jsonl")
+    if with_baselines:
+        baselines(results, task, cfg, device, draws)
+    for seed in seeds:
+        farzi_run(results, task, cfg, device, seed, variant, out)
+    return table(results, task, cfg)
 
 if __name__ == "__main__":
     main()

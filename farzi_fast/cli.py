@@ -6,7 +6,7 @@
 
 A distill run writes into --out: config.json, log.jsonl (one JSON line per outer step, with
 the validation metric where measured), checkpoint.pt (atomic, every --checkpoint-every
-steps), farzi.pt (the summary) and meta_loss.png. `--resume` continues a killed run exactly
+steps), farzi.pt (the summary, the best on validation) and distill.png. `--resume` continues a killed run exactly
 where its last checkpoint left it, and refuses a different configuration.
 """
 
@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from .farzi.distill import changed_settings, distill
+from .farzi.presets import preset
+from .farzi.protocol import Recipe, fit, fit_and_test
 from .farzi.summary import FarziData, atomic_save, safe_load
-from .farzi.tasks import load_task
-from .farzi.train import random_subset, train_student
+from .farzi.tasks import ARCHITECTURES, load_task
+from .farzi.train import random_subset
 
 STUDENT_FORMAT = "farzi_fast.student"
 
@@ -38,30 +40,58 @@ def _size(text: str) -> tuple[int, int]:
     return mu, xi
 
 
-def _common(parser):
+def _common(parser, defaults: bool = True):
+    """Dataset and student options; without `defaults`, unset student options stay None
+    so that a preset can fill them."""
     parser.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
     parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
     parser.add_argument("--max-len", type=int, default=None, help="sequence length of students")
-    parser.add_argument("--dim", type=int, default=50)
-    parser.add_argument("--heads", type=int, default=1)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
+                        help="student: the task's causal Transformer (SASRec) or a GRU4Rec")
+    parser.add_argument("--dim", type=int, default=50 if defaults else None)
+    parser.add_argument("--heads", type=int, default=1 if defaults else None)
+    parser.add_argument("--layers", type=int, default=2 if defaults else None)
+    parser.add_argument("--dropout", type=float, default=0.2 if defaults else None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def _student_args(args) -> dict:
-    return dict(dim=args.dim, heads=args.heads, layers=args.layers, dropout=args.dropout)
+    return dict(dim=args.dim, heads=args.heads, layers=args.layers, dropout=args.dropout,
+                architecture=args.architecture)
 
 
-def _eval_student(task, soft_or_rows, args, steps, split):
-    torch.manual_seed(args.seed)
-    student = task.student(**_student_args(args)).to(args.device)
-    train_student(student, soft_or_rows, steps=steps, lr=args.train_lr, seed=args.seed)
-    return task.evaluate(student, split)
+# the options a preset sets; an explicit value on the command line wins
+PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "latent_dim",
+                  "inner_steps", "outer_steps", "inner_lr", "outer_lr", "outer_batch",
+                  "teacher_share", "pretrained_students", "pretrain_steps", "eval_every")
+
+
+def _apply_preset(args) -> None:
+    values = preset(args.dataset, args.preset)
+    for name in PRESET_OPTIONS:
+        if getattr(args, name) is None:
+            setattr(args, name, values[name])
+    if args.latent_dim == 0:
+        args.latent_dim = None
+    if args.max_len < 2:
+        raise ValueError(f"--max-len must be >= 2, got {args.max_len}")
+    if args.size[1] > args.max_len:
+        raise ValueError(f"--size {args.size[0]}x{args.size[1]} holds sequences longer than "
+                         f"--max-len {args.max_len}: the students could not read them")
+    if args.eval_every < 0:
+        raise ValueError(f"--eval-every must be >= 0, got {args.eval_every}")
+
+
+def validation_recipe(args) -> Recipe:
+    """How the summary is scored during a run: a student trained from scratch on it, its
+    best validation metric within --train-steps."""
+    return Recipe(lr=args.train_lr, max_steps=args.train_steps,
+                  eval_every=max(1, min(50, args.train_steps)), patience=4)
 
 
 def cmd_distill(args) -> int:
+    _apply_preset(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # what defines the run (device and verbosity may change on resume)
@@ -99,29 +129,41 @@ def cmd_distill(args) -> int:
     bar = tqdm(total=args.outer_steps, initial=start_step, desc="distill", unit="step",
                file=sys.stderr, disable=args.quiet)
     began = time.perf_counter()
+    sign = 1.0 if task.higher_is_better else -1.0
 
-    def on_step(step, meta_loss, farzi):
-        entry = {"step": step, "meta_loss": meta_loss,
-                 "seconds": round(time.perf_counter() - began, 3)}
-        if args.eval_every and (step % args.eval_every == 0 or step == args.outer_steps):
-            soft = farzi.soft().detach()
-            entry["valid"] = _eval_student(task, soft, args, args.train_steps, "valid")
+    def write(entry):
         with open(log_file, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+    def validate(step, farzi):
+        result = fit(lambda: task.student(**_student_args(args)).to(args.device),
+                     farzi.soft().detach(), task,
+                     validation_recipe(args), seed=args.seed)
+        write({"step": step, "valid": result.valid, "entropy": farzi.entropy()})
+        bar.set_postfix(valid=f"{result.valid[task.metric]:.4f}")
+        return sign * result.valid[task.metric]
+
+    def on_step(step, meta_loss, farzi):
+        write({"step": step, "meta_loss": meta_loss,
+               "seconds": round(time.perf_counter() - began, 3)})
         bar.set_postfix(meta_loss=f"{meta_loss:.4f}")
         bar.update(1)
 
     farzi = distill(student, rows, size=args.size, latent_dim=args.latent_dim,
                     inner_steps=args.inner_steps, outer_steps=args.outer_steps,
                     inner_lr=args.inner_lr, outer_lr=args.outer_lr, outer_batch=args.outer_batch,
+                    teacher_share=args.teacher_share,
                     pretrained_students=args.pretrained_students,
                     pretrain_steps=args.pretrain_steps, seed=args.seed, device=args.device,
                     callback=on_step, checkpoint=checkpoint,
-                    checkpoint_every=args.checkpoint_every, resume=args.resume)
+                    checkpoint_every=args.checkpoint_every, resume=args.resume,
+                    validate=validate if args.eval_every else None,
+                    validate_every=args.eval_every)
     bar.close()
     farzi.save(out / "farzi.pt")
-    plot_log(log_file, out / "meta_loss.png", task.metric)
-    print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size)}))
+    plot_log(log_file, out / "distill.png", task.metric)
+    print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size),
+                      "selected_step": farzi.selected_step}))
     return 0
 
 
@@ -132,10 +174,11 @@ def plot_log(log_file: Path, png: Path, metric: str) -> None:
     import matplotlib.pyplot as plt
 
     entries = [json.loads(line) for line in log_file.read_text().splitlines() if line]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot([e["step"] for e in entries], [e["meta_loss"] for e in entries])
-    ax1.set(xlabel="outer step", ylabel="meta-loss", title="meta-loss")
+    steps = [e for e in entries if "meta_loss" in e]
     valid = [e for e in entries if "valid" in e]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot([e["step"] for e in steps], [e["meta_loss"] for e in steps])
+    ax1.set(xlabel="outer step", ylabel="meta-loss (real data)", title="meta-loss")
     ax2.plot([e["step"] for e in valid], [e["valid"][metric] for e in valid], marker="o")
     ax2.set(xlabel="outer step", ylabel=f"validation {metric}",
             title=f"student trained on the summary: {metric}")
@@ -155,12 +198,13 @@ def cmd_train(args) -> int:
         if not args.farzi:
             raise SystemExit("--on farzi needs --farzi PATH (a farzi.pt from `distill`)")
         data = FarziData.load(args.farzi).soft().detach()
-    torch.manual_seed(args.seed)
-    student = task.student(**_student_args(args)).to(args.device)
-    train_student(student, data, steps=args.steps, lr=args.train_lr, seed=args.seed)
+    result = fit_and_test(lambda: task.student(**_student_args(args)).to(args.device), data,
+                          task, Recipe(lr=args.train_lr, max_steps=args.steps), seed=args.seed)
     atomic_save({"format": STUDENT_FORMAT, "dataset": args.dataset, "max_len": task.max_len,
-                 "student": _student_args(args), "state": student.state_dict()}, args.out)
-    print(json.dumps({"student": args.out, "test": task.evaluate(student, "test")}))
+                 "student": _student_args(args), "state": result.student.state_dict()},
+                args.out)
+    print(json.dumps({"student": args.out, "step": result.step, "valid": result.valid,
+                      "test": result.test}))
     return 0
 
 
@@ -183,21 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="distill a data set into a FarziData summary")
-    _common(d)
+    _common(d, defaults=False)
+    d.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
+                   help="cpu: 50x20, < 30 min on 2 cores; paper: the paper's sizes (its CPU "
+                        "time is in the README); explicit options override it")
     d.add_argument("--out", required=True)
-    d.add_argument("--size", type=_size, default=(50, 150), help="μxξ, e.g. 50x150")
-    d.add_argument("--latent-dim", type=int, default=8)
-    d.add_argument("--inner-steps", type=int, default=20)
-    d.add_argument("--outer-steps", type=int, default=100)
-    d.add_argument("--inner-lr", type=float, default=1e-2)
-    d.add_argument("--outer-lr", type=float, default=3e-2)
-    d.add_argument("--outer-batch", type=int, default=128)
-    d.add_argument("--pretrained-students", type=int, default=2)
-    d.add_argument("--pretrain-steps", type=int, default=100)
+    d.add_argument("--size", type=_size, default=None, help="μxξ, e.g. 50x150")
+    d.add_argument("--latent-dim", type=int, default=None,
+                   help="factorised summary Z·M of this rank; 0: μ×ξ×V logits directly")
+    d.add_argument("--inner-steps", type=int, default=None)
+    d.add_argument("--outer-steps", type=int, default=None)
+    d.add_argument("--inner-lr", type=float, default=None)
+    d.add_argument("--outer-lr", type=float, default=None)
+    d.add_argument("--outer-batch", type=int, default=None)
+    d.add_argument("--teacher-share", type=float, default=None,
+                   help="teacher's share of each initial position's distribution (0..1)")
+    d.add_argument("--pretrained-students", type=int, default=None)
+    d.add_argument("--pretrain-steps", type=int, default=None)
     d.add_argument("--checkpoint-every", type=int, default=10)
-    d.add_argument("--eval-every", type=int, default=0,
-                   help="train a student on the summary and validate every N outer steps")
-    d.add_argument("--train-steps", type=int, default=200, help="steps of those students")
+    d.add_argument("--eval-every", type=int, default=None,
+                   help="validate the summary every N outer steps and keep the best (0: off, "
+                        "the last summary is kept)")
+    d.add_argument("--train-steps", type=int, default=600,
+                   help="most steps of the students that validate the summary")
     d.add_argument("--train-lr", type=float, default=1e-3)
     d.add_argument("--resume", action="store_true")
     d.add_argument("--quiet", action="store_true")
@@ -209,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--on", choices=["full", "random", "farzi"], default="full")
     t.add_argument("--farzi", default=None)
     t.add_argument("--count", type=int, default=50, help="rows of the random subset")
-    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--steps", type=int, default=1500,
+                   help="most training steps; the checkpoint best on validation is kept")
     t.add_argument("--train-lr", type=float, default=1e-3)
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)

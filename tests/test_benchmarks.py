@@ -33,3 +33,27 @@ def test_engine_benchmark_quick_run():
 
 def test_parse_size():
     assert parse_size("4M") == 4 << 20 and parse_size("64K") == 65536 and parse_size("7") == 7
+
+
+def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
+    from benchmarks import bench_distill
+    from farzi_fast.farzi.presets import preset
+    from farzi_fast.farzi.protocol import Recipe
+    from farzi_fast.farzi.tasks import load_task
+
+    tiny = Recipe(max_steps=4, eval_every=2, patience=1)
+    monkeypatch.setattr(bench_distill, "VALIDATION", tiny)
+    monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
+    cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
+                                          outer_steps=2, pretrain_steps=3, eval_every=1,
+                                          outer_batch=16)
+    task = load_task("ml-100k", data_dir, cfg["max_len"])
+    rows = bench_distill.run(task, cfg, [0], "default", 2, tmp_path, "t", torch.device("cpu"))
+    sources = {(r["source"], r["student"]) for r in rows}
+    assert ("FarziData", "gru") in sources and ("random real sequences", "transformer") in sources
+    assert ("teacher-labelled start (0 outer steps)", "transformer") in sources
+    assert ("most popular (no model)", "-") in sources
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    again = bench_distill.run(task, cfg, [0], "default", 2, tmp_path, "t", torch.device("cpu"))
+    assert (tmp_path / "t.jsonl").read_text().splitlines() == lines  # nothing redone
+    assert again == rows

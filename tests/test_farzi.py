@@ -11,8 +11,9 @@ import torch
 from farzi_fast import FarziData, distill
 from farzi_fast.cli import main as cli
 from farzi_fast.data import load_movielens_100k, load_ptb
-from farzi_fast.farzi.metrics import ranking_metrics
-from farzi_fast.farzi.students import sasrec, transformer_lm
+from farzi_fast.farzi.distill import DistillConfig, teacher_sequences
+from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
+from farzi_fast.farzi.students import gru4rec, sasrec, transformer_lm
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,35 @@ def test_full_ranking_metrics_by_hand():
     assert ranking_metrics(scores, targets, history, k=2)["HR@2"] == 0.5
 
 
+def test_ranking_counts_ties_and_nan_against_the_target():
+    targets, history = torch.tensor([3, 5, 7, 9]), torch.zeros(4, 2, dtype=torch.long)
+    # a broken model scoring every item alike (or NaN) must not look perfect
+    assert ranking_metrics(torch.zeros(4, 20), targets, history)["HR@10"] == 0.0
+    nan = torch.full((4, 20), float("nan"))
+    assert ranking_metrics(nan, targets, history) == {"HR@10": 0.0, "nDCG@10": 0.0}
+    scores = torch.arange(20.0).repeat(4, 1)
+    scores[0, 0] = float("nan")  # NaN anywhere on a row, even on padding, is a miss
+    scores[1, 4] = scores[1, 5]  # one tie: target 5 shares its score with item 4
+    m = ranking_metrics(scores, targets, history, k=20)
+    assert m["HR@20"] == 0.75
+    one_tie = ranking_metrics(scores[1:2], targets[1:2], history[1:2], k=20)["nDCG@20"]
+    assert one_tie == pytest.approx(1 / math.log2(14 + 2 + 1))  # 14 above + 1 tie
+
+
+def test_evaluation_excludes_the_whole_history(movielens):
+    """Items seen long before the student's 5-item window still leave the ranking: a scorer
+    that puts each user's first item on top and the target second gets HR@1 = 1."""
+    _, targets = movielens.split_inputs("test", max_len=5)
+    histories = movielens.split_histories("test")
+    assert [int((h != 0).sum()) for h in histories] == [len(s) - 1 for s in movielens.sequences]
+    scores = torch.zeros(len(targets), movielens.num_items + 1)
+    scores[torch.arange(len(targets)), histories[:, 0]] = 10.0
+    scores[torch.arange(len(targets)), targets] = 1.0
+    m = score_recommendations(lambda x: scores, None, movielens, "test", max_len=5,
+                              batch_size=len(targets), k=1)
+    assert m["HR@1"] == 1.0
+
+
 # --- students ----------------------------------------------------------------------------
 
 def test_one_hot_soft_inputs_equal_hard_ids():
@@ -97,6 +127,19 @@ def test_one_hot_soft_inputs_equal_hard_ids():
     ids = torch.randint(13, (3, 7))
     soft = torch.nn.functional.one_hot(ids, 13).float()
     assert torch.allclose(model(ids), model(soft), atol=1e-5)
+
+
+def test_gru4rec_reads_a_history_the_same_whatever_its_padding():
+    torch.manual_seed(0)
+    model = gru4rec(20, max_len=6, dim=8, dropout=0.0).eval()
+    padded = model(torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]))
+    alone = model(torch.tensor([[3, 4, 5, 6]]))
+    assert torch.allclose(padded[0, 2:], alone[0], atol=1e-6)
+    assert not torch.allclose(padded[1, 2:], alone[0], atol=1e-3)  # a longer history differs
+    one_hot = torch.nn.functional.one_hot(torch.tensor([[3, 4, 5, 6]]), 21).float()
+    assert torch.allclose(model(one_hot), alone, atol=1e-6)
+    with pytest.raises(ValueError, match="soft inputs must be batch x seq x 21"):
+        model(torch.rand(1, 4, 20))
 
 
 def test_students_refuse_bad_shapes_and_sizes():
@@ -201,11 +244,76 @@ def test_distill_lowers_the_meta_loss(movielens):
     distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=12,
             callback=lambda step, loss, farzi: losses.append(loss),
             **(DISTILL | dict(inner_steps=5, inner_lr=0.05, outer_lr=0.1, outer_batch=2000,
-                              pretrained_students=0)))
+                              pretrained_students=0, init="random")))
     assert losses[-1] < losses[0] - 0.2  # measured 7.54 -> 7.11
 
 
+def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
+    train = movielens.train_batch(12)
+    train[0, :-3] = 0  # a short history: padded positions
+    teacher = tiny_student(movielens)
+    config = lambda share: DistillConfig((len(train), 6), 4, 1, 1, teacher_share=share)
+    g = lambda: torch.Generator().manual_seed(0)
+    rows = train[torch.randperm(len(train), generator=g())]
+    real = teacher_sequences(teacher, train, config(0.0), g())
+    items = rows[:, -6:]
+    assert torch.equal(real[items != 0].argmax(-1), items[items != 0])
+    assert torch.allclose(real[items != 0].max(-1).values, torch.ones(1))
+    with torch.no_grad():
+        labels = teacher.eval()(rows[:, :-1])[:, -6:].softmax(-1)
+    soft = teacher_sequences(teacher, train, config(1.0), g())
+    assert soft[..., 0].max() == 0  # the padding id never gets mass
+    expected = labels[..., 1:] / labels[..., 1:].sum(-1, keepdim=True)
+    assert torch.allclose(soft[..., 1:], expected, atol=1e-6)
+    assert (items == 0).any() and torch.allclose(real[items == 0], soft[items == 0])
+    half = teacher_sequences(teacher, train, config(0.5), g())
+    assert torch.allclose(half.sum(-1), torch.ones(1), atol=1e-5)
+    with pytest.raises(ValueError, match="size asks for sequences of 13 positions"):
+        teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
+
+
+def test_summary_from_distributions(movielens):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(3, 5, 11, generator=g).pow(4)
+    probs /= probs.sum(-1, keepdim=True)
+    direct = FarziData.from_distributions(probs, latent_dim=None)
+    assert not direct.factorised and torch.allclose(direct.soft(), probs, atol=1e-6)
+    fitted = FarziData.from_distributions(probs, latent_dim=11, generator=g)
+    assert fitted.factorised and (fitted.soft() - probs).abs().max() < 0.02
+    low = FarziData.from_distributions(probs, latent_dim=1, generator=g)
+    assert (low.soft() - probs).abs().max() > 0.05  # rank 1 cannot hold them: a real fit
+
+
+def test_distill_returns_the_best_summary_on_validation(movielens):
+    train = movielens.train_batch(12)
+    seen = {}
+
+    def validate(step, farzi):
+        seen[step] = [t.detach().clone() for t in farzi.meta]
+        torch.rand(100)  # validation draws random numbers: the run must not see them
+        return -abs(step - 2)  # best at outer step 2
+
+    last = distill(tiny_student(movielens), train, outer_steps=4, **DISTILL)
+    best = distill(tiny_student(movielens), train, outer_steps=4, validate=validate,
+                   validate_every=1, callback=lambda *a: torch.rand(7), **DISTILL)
+    assert sorted(seen) == [0, 1, 2, 3, 4] and best.selected_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(best.meta, seen[2]))
+    assert all(torch.equal(a, b) for a, b in zip(last.meta, seen[4]))  # same run, untouched
+    assert not torch.equal(seen[2][0], seen[4][0])
+
+
 # --- command line ------------------------------------------------------------------------
+
+def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
+    base = ["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--out",
+            str(tmp_path / "run")]
+    assert cli(base + ["--size", "50x60"]) == 2  # the cpu preset's students read 50 items
+    assert "--size 50x60 holds sequences longer than --max-len 50" in capsys.readouterr().err
+    assert cli(base + ["--preset", "paper", "--max-len", "100"]) == 2
+    assert "--size 50x150" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
 
 def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
@@ -222,9 +330,10 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
         cli(distill_args + ["--outer-steps", "3", "--resume", "--inner-steps", "3"])
     assert cli(distill_args + ["--outer-steps", "3", "--resume"]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [1, 2, 3]
-    assert "HR@10" in log[1]["valid"]
-    assert (out / "meta_loss.png").stat().st_size > 1000
+    assert [e["step"] for e in log if "meta_loss" in e] == [1, 2, 3]
+    assert [e["step"] for e in log if "valid" in e] == [0, 2, 3]  # the start, every 2, the end
+    assert all("HR@10" in e["valid"] and e["entropy"] > 0 for e in log if "valid" in e)
+    assert (out / "distill.png").stat().st_size > 1000
     assert FarziData.load(out / "farzi.pt").size == (4, 6)
     capsys.readouterr()
     student = tmp_path / "student.pt"

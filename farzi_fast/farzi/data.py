@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 SOURCES = {
     "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip (unzip: ml-100k/u.data)",
@@ -61,17 +62,34 @@ class RecommendationData:
     def split_inputs(self, split: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) for 'valid' or 'test': the history before the target, left-padded
         to max_len, and the target item per user."""
-        cut = {"valid": 2, "test": 1}.get(split)
-        if cut is None:
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        cut = _held_out(split)
         histories = [s[:-cut] for s in self.sequences]
         targets = torch.stack([s[-cut] for s in self.sequences])
         return left_pad(histories, max_len), targets
+
+    def split_histories(self, split: str) -> torch.Tensor:
+        """Every item a user saw before the `split` target, right-padded with 0: what the
+        ranking leaves out (the whole history, however long)."""
+        cut = _held_out(split)
+        return nn.utils.rnn.pad_sequence([s[:-cut] for s in self.sequences], batch_first=True)
+
+    def item_counts(self) -> torch.Tensor:
+        """How often each id (0 = padding, always 0) occurs in the training sequences."""
+        return torch.bincount(torch.cat(self.train_sequences()), minlength=self.num_items + 1)
 
     def train_batch(self, max_len: int) -> torch.Tensor:
         """All training sequences, left-padded/truncated to max_len + 1 (inputs and shifted
         targets come from the same row)."""
         return left_pad(self.train_sequences(), max_len + 1)
+
+
+def _held_out(split: str) -> int:
+    """How many items at the end of each sequence `split` holds out: 2 for 'valid' (its
+    target is the second-last), 1 for 'test'."""
+    cut = {"valid": 2, "test": 1}.get(split)
+    if cut is None:
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    return cut
 
 
 def left_pad(sequences, length: int, pad: int = 0) -> torch.Tensor:

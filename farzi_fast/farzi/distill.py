@@ -1,10 +1,18 @@
 """`distill()`: optimise a FarziData summary so that students trained on it for a few Adam
 steps do well on real data (Sachdeva et al., arXiv 2310.09983).
 
-Each outer step: draw a start point from a pool of pretrained-trajectory checkpoints, train
-the student on the soft synthetic sequences for `inner_steps` Adam steps through
-`farzi_fast.unroll` (memory independent of inner_steps), score it on a batch of real
-sequences, and take one Adam step on (Z, M) with the meta-gradient.
+1. Pretrained trajectories: students trained on the real data, checkpointed along the way.
+   They give the inner loops their starting points and, by default, the teacher.
+2. Initialisation: μ real sequences (their last ξ items), each position's one-hot item mixed
+   with the teacher's next-item distribution at that point of the sequence (soft labels:
+   `teacher_share` of the mass). Starting from random logits, as the paper does, the outer
+   loop never even reaches the popularity summary on a CPU budget (benchmarks/NOTES.md).
+3. Each outer step: draw a start point from the pool, train the student on the soft
+   sequences for `inner_steps` Adam steps through `farzi_fast.unroll` (memory independent
+   of inner_steps), score it on a batch of real sequences, take one Adam step on the summary
+   with the meta-gradient (learning rate decayed along a cosine).
+4. With a `validate` function, the summary is scored every `validate_every` outer steps
+   (and at the start) and the best one is returned, not the last.
 """
 
 from __future__ import annotations
@@ -24,21 +32,24 @@ from .summary import FarziData, atomic_save, safe_load
 from .train import hard_loss, soft_loss, train_student
 
 CHECKPOINT_FORMAT = "farzi_fast.distill-checkpoint"
+INITS = ("teacher", "random")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     size: tuple[int, int]          # (μ sequences, ξ positions)
-    latent_dim: int
+    latent_dim: int | None         # None: optimise μ × ξ × V logits directly
     inner_steps: int
     outer_steps: int
     inner_lr: float = 1e-2
-    outer_lr: float = 3e-2
-    outer_batch: int = 128
+    outer_lr: float = 1e-2
+    outer_batch: int = 256
     temperature: float = 1.0
+    init: str = "teacher"          # "teacher" (real sequences, soft labels) or "random"
+    teacher_share: float = 1.0     # the teacher's part of each position's distribution
     pretrained_students: int = 2
-    pretrain_steps: int = 100
-    pretrain_every: int = 25       # checkpoint spacing along each pretraining trajectory
+    pretrain_steps: int = 400
+    pretrain_every: int = 50       # checkpoint spacing along each pretraining trajectory
     pretrain_lr: float = 1e-3
     seed: int = 0
 
@@ -49,14 +60,19 @@ class DistillConfig:
                              f"{self.size!r}")
         if self.size[1] < 2:
             raise ValueError(f"seq_len must be >= 2 (next-item targets), got {self.size[1]}")
-        for name in ("latent_dim", "inner_steps", "outer_steps", "outer_batch",
-                     "pretrain_every"):
+        if self.latent_dim is not None:
+            require_int("latent_dim", self.latent_dim)
+        for name in ("inner_steps", "outer_steps", "outer_batch", "pretrain_every"):
             require_int(name, getattr(self, name))
         for name in ("pretrained_students", "pretrain_steps"):
             require_int(name, getattr(self, name), minimum=0)
         for name in ("inner_lr", "outer_lr", "temperature", "pretrain_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not 0.0 <= self.teacher_share <= 1.0:
+            raise ValueError(f"teacher_share must lie in [0, 1], got {self.teacher_share!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -80,9 +96,9 @@ def _reset_parameters(model: nn.Module, seed: int) -> None:
 
 
 def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConfig) -> list:
-    """Checkpoints (name -> tensor) every `pretrain_every` steps along the trajectories of
-    `pretrained_students` students trained on real data; with none, the student's own
-    initialisation only."""
+    """Checkpoints (name -> tensor) every `pretrain_every` steps, and at the end, along the
+    trajectories of `pretrained_students` students trained on real data; with none, the
+    student's own initialisation only."""
     if config.pretrained_students == 0:
         return [_snapshot(student)]
     pool = []
@@ -90,11 +106,17 @@ def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConf
         model = copy.deepcopy(student)
         _reset_parameters(model, config.seed * 1000 + i)
         pool.append(_snapshot(model))
-        for _ in range(config.pretrain_steps // config.pretrain_every):
-            train_student(model, train, steps=config.pretrain_every, lr=config.pretrain_lr,
+        for steps in _pretrain_segments(config):
+            train_student(model, train, steps=steps, lr=config.pretrain_lr,
                           seed=config.seed * 1000 + i + len(pool))
             pool.append(_snapshot(model))
     return pool
+
+
+def _pretrain_segments(config: DistillConfig) -> list[int]:
+    """Steps between consecutive checkpoints of one pretraining trajectory."""
+    whole, rest = divmod(config.pretrain_steps, config.pretrain_every)
+    return [config.pretrain_every] * whole + ([rest] if rest else [])
 
 
 def _snapshot(model: nn.Module) -> dict:
@@ -118,12 +140,67 @@ def _check_student(student, train: torch.Tensor):
     return vocab
 
 
+def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillConfig,
+                      generator: torch.Generator) -> torch.Tensor:
+    """The initial soft sequences: μ real rows drawn from `train`, their last ξ items, each
+    position (1 - teacher_share) one-hot on the real item + teacher_share the teacher's
+    distribution for that item given the real history before it. Padding positions (short
+    histories) take the teacher's distribution alone, never the padding id."""
+    mu, xi = config.size
+    if xi > train.shape[1] - 1:
+        raise ValueError(f"size asks for sequences of {xi} positions but the real rows hold "
+                         f"{train.shape[1] - 1} (raise max_len or lower size)")
+    rows = train[torch.randperm(len(train), generator=generator)[:mu]]
+    if len(rows) < mu:  # fewer real rows than summary sequences: draw with repetition
+        rows = train[torch.randint(len(train), (mu,), generator=generator)]
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        probs = teacher(rows[:, :-1].to(device))[:, -xi:].float().softmax(-1)
+    teacher.train(was_training)
+    items = rows[:, -xi:].to(device)
+    padding_id = getattr(teacher, "padding_id", None)
+    if padding_id is not None:
+        probs[..., padding_id] = 0.0
+        probs = probs / probs.sum(-1, keepdim=True)
+    one_hot = nn.functional.one_hot(items, probs.shape[-1]).to(probs.dtype)
+    mixed = (1 - config.teacher_share) * one_hot + config.teacher_share * probs
+    if padding_id is not None:
+        mixed = torch.where((items == padding_id)[..., None], probs, mixed)
+    return mixed
+
+
+def _initial_summary(student, train, config, pool, teacher, vocab, generator) -> FarziData:
+    if config.init == "random":
+        return FarziData(*config.size, vocab, config.latent_dim, config.temperature,
+                         generator=generator)
+    if teacher is None:
+        if config.pretrained_students == 0 or config.pretrain_steps == 0:
+            raise ValueError("init='teacher' needs a teacher: pass teacher=, or keep "
+                             "pretrained_students and pretrain_steps >= 1 (the first "
+                             "pretrained student's last checkpoint teaches)")
+        teacher = copy.deepcopy(student)
+        last = pool[len(_pretrain_segments(config))]
+        with torch.no_grad():
+            for name, p in teacher.named_parameters():
+                p.copy_(last[name])
+    probs = teacher_sequences(teacher, train, config, generator)
+    return FarziData.from_distributions(probs, config.latent_dim, config.temperature,
+                                        generator=generator)
+
+
 def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_steps,
             outer_steps, device=None, callback=None, checkpoint=None, checkpoint_every=0,
-            resume=False, anchor_every=None, anchor_head=None, **options) -> FarziData:
+            resume=False, anchor_every=None, anchor_head=None, teacher=None, validate=None,
+            validate_every=0, **options) -> FarziData:
     """Distill `train` (long rows of real sequences; 0 is padding for SASRec-style students)
     into a FarziData of `size` = (μ, ξ). `options` are the other DistillConfig fields.
 
+    `teacher`: a model over the same vocabulary whose next-item distributions label the
+    initial sequences (default: the first pretrained student). `validate(step, farzi) -> score`
+    (higher is better) runs at the start and every `validate_every` outer steps and at the
+    end, without touching the run's random numbers; the best-scoring summary is returned.
     `callback(step, meta_loss, farzi_data)` runs after every outer step. With `checkpoint`
     (a path), the full state is written atomically every `checkpoint_every` outer steps and
     at the end; `resume=True` continues from it exactly, and refuses a checkpoint written
@@ -131,41 +208,55 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_
     """
     config = DistillConfig(tuple(size), latent_dim, inner_steps, outer_steps, **options)
     vocab = _check_student(student, train)
+    validate_every = require_int("validate_every", validate_every, minimum=0)
     device = torch.device(device) if device is not None else next(student.parameters()).device
     student = student.to(device)
     padding_id = getattr(student, "padding_id", None)
 
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    farzi = FarziData(*config.size, vocab, config.latent_dim, config.temperature,
-                      generator=g).to(device)
-    optimizer = torch.optim.Adam(farzi.parameters(), lr=config.outer_lr)
-    start, history, pool = 1, [], None
-    if resume and checkpoint is not None:
-        state = _load_checkpoint(checkpoint, config)
-        if state is not None:
-            with torch.no_grad():
-                farzi.latent.copy_(state["latent"])
-                farzi.decoder.copy_(state["decoder"])
-            optimizer.load_state_dict(state["optimizer"])
-            g.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            pool = [{n: t.to(device) for n, t in p.items()} for p in state["pool"]]
-            start, history = state["step"] + 1, list(state["history"])
-    if pool is None:
+    state = _load_checkpoint(checkpoint, config) if resume and checkpoint is not None else None
+    if state is not None:
+        pool = [{n: t.to(device) for n, t in p.items()} for p in state["pool"]]
+        farzi = _restore(state["summary"], config, vocab).to(device)
+        best = dict(state["best"], summary=_restore(state["best"]["summary"], config, vocab))
+        g.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history = state["step"] + 1, list(state["history"])
+    else:
         pool = [{n: t.to(device) for n, t in p.items()}
                 for p in pretrained_pool(student, train, config)]
+        farzi = _initial_summary(student, train.to(device), config, pool, teacher, vocab,
+                                 g).to(device)
+        best = {"score": None, "step": 0, "summary": None}
+        start, history = 1, []
+    optimizer = torch.optim.Adam(farzi.meta, lr=config.outer_lr)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
 
-    def inner_loss(f, t, latent, decoder):
-        return soft_loss(f, farzi.soft(latent, decoder))
+    def consider(step):
+        """Validate the current summary; keep it if it is the best so far."""
+        with torch.random.fork_rng(devices=[]):  # the run's randomness stays untouched
+            score = float(validate(step, farzi))
+        if best["score"] is None or score > best["score"]:
+            best.update(score=score, step=step, summary=copy.deepcopy(farzi).cpu())
+
+    if validate is not None and start == 1:
+        consider(0)
+
+    def inner_loss(f, t, *meta):
+        return soft_loss(f, farzi.soft(*meta))
 
     for step in range(start, config.outer_steps + 1):
+        for group in optimizer.param_groups:  # cosine decay, a function of the step alone
+            group["lr"] = config.outer_lr * 0.5 * (1 + math.cos(math.pi * (step - 1) /
+                                                                config.outer_steps))
         init = pool[int(torch.randint(len(pool), (1,), generator=g))]
         rows = torch.randint(len(train), (min(config.outer_batch, len(train)),), generator=g)
         real = train[rows].to(device)
-        trained = unroll(student, inner_loss, config.inner_steps,
-                         meta=(farzi.latent, farzi.decoder), lr=config.inner_lr,
-                         init=init, anchor_every=anchor_every, anchor_head=anchor_head)
+        trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
+                         lr=config.inner_lr, init=init, anchor_every=anchor_every,
+                         anchor_head=anchor_head)
         meta_loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
                               padding_id)
         optimizer.zero_grad(set_to_none=True)
@@ -176,17 +267,38 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_
                                      f"checkpoint was left as it was")
         optimizer.step()
         history.append(value)
+        if validate is not None and validate_every and (step % validate_every == 0 or
+                                                        step == config.outer_steps):
+            consider(step)
         if callback is not None:
-            callback(step, value, farzi)
+            with torch.random.fork_rng(devices=[]):
+                callback(step, value, farzi)
         if checkpoint is not None and (step == config.outer_steps or
                                        (checkpoint_every and step % checkpoint_every == 0)):
             atomic_save({"format": CHECKPOINT_FORMAT, "config": config.as_dict(), "step": step,
-                         "latent": farzi.latent.detach().cpu(),
-                         "decoder": farzi.decoder.detach().cpu(),
-                         "optimizer": optimizer.state_dict(), "sampler_rng": g.get_state(),
-                         "torch_rng": torch.get_rng_state(), "history": history,
+                         "summary": _tensors(farzi), "optimizer": optimizer.state_dict(),
+                         "best": dict(best, summary=_tensors(best["summary"])),
+                         "sampler_rng": g.get_state(), "torch_rng": torch.get_rng_state(),
+                         "history": history,
                          "pool": [{n: t.cpu() for n, t in p.items()} for p in pool]},
                         checkpoint)
+    if best["summary"] is not None:
+        farzi = best["summary"].to(device)
+    farzi.selected_step = best["step"] if validate is not None else config.outer_steps
+    return farzi
+
+
+def _tensors(farzi: FarziData | None) -> list | None:
+    return None if farzi is None else [t.detach().cpu() for t in farzi.meta]
+
+
+def _restore(tensors: list | None, config: DistillConfig, vocab: int) -> FarziData | None:
+    if tensors is None:
+        return None
+    farzi = FarziData(*config.size, vocab, config.latent_dim, config.temperature)
+    with torch.no_grad():
+        for mine, saved in zip(farzi.meta, tensors):
+            mine.copy_(saved)
     return farzi
 
 

@@ -13,36 +13,57 @@ from torch import nn
 
 def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor,
                     k: int = 10) -> dict[str, float]:
-    """scores: users × V; targets: users; history: users × L item ids (0 = padding)."""
-    scores = scores.clone().float()
-    scores[:, 0] = float("-inf")
-    seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history, True)
-    seen[torch.arange(len(targets)), targets] = False
-    scores[seen] = float("-inf")
+    """scores: users × V; targets: users; history: users × L item ids (0 = padding), the
+    items to leave out of the ranking (the user's whole history).
+
+    The rank of the target is the number of candidate items scoring **at least** as high:
+    ties count against it, and a NaN target score is a miss, so a model that scores every
+    item alike (or returns NaN) gets HR@k = 0, never a perfect score."""
+    candidates = torch.ones_like(scores, dtype=torch.bool)
+    candidates[:, 0] = False
+    candidates.scatter_(1, history, False)
+    rows = torch.arange(len(targets), device=scores.device)
+    candidates[rows, targets] = False  # the target competes with the others, not itself
     target_scores = scores.gather(1, targets[:, None])
-    rank = (scores > target_scores).sum(1)  # 0-based; ties favour the target
+    rank = ((scores >= target_scores) & candidates).sum(1)
+    # NaN compares False with everything: count any NaN on the row (target or not) as a miss
+    rank = torch.where(scores.isnan().any(1), scores.shape[1], rank)
     hit = rank < k
-    ndcg = torch.where(hit, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(rank, dtype=torch.float))
+    ndcg = torch.where(hit, 1.0 / torch.log2(rank.float() + 2.0),
+                       torch.zeros_like(rank, dtype=torch.float))
     return {f"HR@{k}": hit.float().mean().item(), f"nDCG@{k}": ndcg.mean().item()}
 
 
 @torch.no_grad()
 def evaluate_recommender(model: nn.Module, data, split: str = "test", max_len: int = 200,
                          batch_size: int = 256, k: int = 10) -> dict[str, float]:
-    """HR@k / nDCG@k of `model` on the leave-one-out `split` ('valid' or 'test')."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    """HR@k / nDCG@k of `model` on the leave-one-out `split` ('valid' or 'test'); the
+    model sees the last `max_len` items of each history, the ranking excludes all of it."""
+    return score_recommendations(lambda x: model(x)[:, -1], model, data, split, max_len,
+                                 batch_size, k)
+
+
+@torch.no_grad()
+def score_recommendations(score_fn, model, data, split: str, max_len: int,
+                          batch_size: int = 256, k: int = 10) -> dict[str, float]:
+    """Ranking metrics of `score_fn(inputs) -> users × V scores` on `split`; `model` (or
+    None) is put in eval mode meanwhile and gives the device."""
+    was_training = model.training if model is not None else False
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    if model is not None:
+        model.eval()
     inputs, targets = data.split_inputs(split, max_len)
+    histories = data.split_histories(split)
     totals, count = {}, 0
     for start in range(0, len(targets), batch_size):
         x = inputs[start:start + batch_size].to(device)
         y = targets[start:start + batch_size].to(device)
-        scores = model(x)[:, -1]
-        for name, value in ranking_metrics(scores, y, x, k).items():
+        seen = histories[start:start + batch_size].to(device)
+        for name, value in ranking_metrics(score_fn(x), y, seen, k).items():
             totals[name] = totals.get(name, 0.0) + value * len(y)
         count += len(y)
-    model.train(was_training)
+    if model is not None:
+        model.train(was_training)
     return {name: value / count for name, value in totals.items()}
 
 

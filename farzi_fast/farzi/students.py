@@ -109,3 +109,60 @@ def transformer_lm(vocab_size: int, max_len: int = 64, dim: int = 64, heads: int
                    layers: int = 2, dropout: float = 0.1) -> CausalTransformer:
     """A small causal Transformer language model."""
     return CausalTransformer(vocab_size, max_len, dim, heads, layers, dropout)
+
+
+class GRU4Rec(nn.Module):
+    """GRU4Rec (Hidasi et al., 2016): item embedding, a GRU, an output layer over the
+    vocabulary. Used to check that a summary teaches architectures other than the one it was
+    distilled with; it takes hard ids or soft inputs like CausalTransformer.
+
+    Hard inputs are left-padded (`padding_id`); the GRU runs over each row's real items only
+    (packed), so a history reads the same whatever its padding."""
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int = 64, layers: int = 1,
+                 dropout: float = 0.2, padding_id: int | None = None):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim),
+                            ("layers", layers)):
+            require_int(name, value)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id
+        self.embed = nn.Parameter(torch.randn(vocab_size, dim) * dim ** -0.5)
+        self.gru = nn.GRU(dim, dim, layers, batch_first=True,
+                          dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"sequences of {x.shape[1]} exceed max_len={self.max_len}")
+        if x.is_floating_point():
+            if x.dim() != 3 or x.shape[-1] != self.vocab_size:
+                raise ValueError(f"soft inputs must be batch x seq x {self.vocab_size}, got "
+                                 f"{tuple(x.shape)}")
+            h, _ = self.gru(self.drop(x @ self.embed))
+            return self.out(self.drop(h))
+        if x.dim() != 2:
+            raise ValueError(f"hard inputs must be batch x seq ids, got {tuple(x.shape)}")
+        if self.padding_id is None:
+            h, _ = self.gru(self.drop(self.embed[x]))
+            return self.out(self.drop(h))
+        # left-padded rows -> left-aligned, packed by length, then back to their positions
+        s = x.shape[1]
+        lengths = (x != self.padding_id).sum(1).clamp_min(1)
+        shift = (torch.arange(s, device=x.device) + (s - lengths)[:, None]) % s
+        aligned = x.gather(1, shift)
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.embed[aligned]),
+                                                   lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
+                                                total_length=s)
+        unshift = (torch.arange(s, device=x.device) - (s - lengths)[:, None]) % s
+        return self.out(self.drop(h.gather(1, unshift[..., None].expand_as(h))))
+
+
+def gru4rec(num_items: int, max_len: int = 200, dim: int = 64, layers: int = 1,
+            dropout: float = 0.2) -> GRU4Rec:
+    """GRU4Rec over items 1..num_items, 0 padding (vocabulary num_items + 1)."""
+    return GRU4Rec(num_items + 1, max_len, dim, layers, dropout, padding_id=0)

@@ -56,19 +56,66 @@ def safe_load(path, what: str):
 
 
 class FarziData(nn.Module):
-    def __init__(self, num_sequences: int, seq_len: int, vocab_size: int, latent_dim: int,
-                 temperature: float = 1.0, generator: torch.Generator | None = None):
+    """μ soft sequences of ξ positions over a vocabulary of V, softmax(logits / τ).
+
+    With `latent_dim` = d (the paper's factorisation) the logits are Z M, Z: μ × ξ × d (the
+    `latent`), M: d × V (the `decoder`); with `latent_dim=None` the μ × ξ × V logits are
+    optimised directly (`latent` holds them, `decoder` is None): the paper's ablation."""
+
+    def __init__(self, num_sequences: int, seq_len: int, vocab_size: int,
+                 latent_dim: int | None = 8, temperature: float = 1.0,
+                 generator: torch.Generator | None = None):
         super().__init__()
         for name, value in (("num_sequences", num_sequences), ("seq_len", seq_len),
-                            ("vocab_size", vocab_size), ("latent_dim", latent_dim)):
+                            ("vocab_size", vocab_size)):
             require_int(name, value)
+        if latent_dim is not None:
+            require_int("latent_dim", latent_dim)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.latent = nn.Parameter(
-            torch.randn(num_sequences, seq_len, latent_dim, generator=generator))
-        self.decoder = nn.Parameter(
-            torch.randn(latent_dim, vocab_size, generator=generator) * latent_dim ** -0.5)
+        if latent_dim is None:
+            self.latent = nn.Parameter(
+                torch.randn(num_sequences, seq_len, vocab_size, generator=generator))
+            self.register_parameter("decoder", None)
+        else:
+            self.latent = nn.Parameter(
+                torch.randn(num_sequences, seq_len, latent_dim, generator=generator))
+            self.decoder = nn.Parameter(
+                torch.randn(latent_dim, vocab_size, generator=generator) * latent_dim ** -0.5)
+
+    @classmethod
+    def from_distributions(cls, probs: torch.Tensor, latent_dim: int | None = 8,
+                           temperature: float = 1.0, generator: torch.Generator | None = None,
+                           fit_steps: int = 500) -> "FarziData":
+        """The summary closest to the soft sequences `probs` (μ × ξ × V, rows summing to 1):
+        exact logits when unfactorised; otherwise (Z, M) fitted by `fit_steps` Adam steps
+        on the cross-entropy to `probs` (a factorised summary cannot hold every target)."""
+        if probs.dim() != 3 or not probs.is_floating_point():
+            raise ValueError(f"probs must be a float tensor μ × ξ × V, got {tuple(probs.shape)}")
+        data = cls(*probs.shape, latent_dim, temperature, generator).to(probs.device)
+        with torch.no_grad():
+            if latent_dim is None:
+                data.latent.copy_(probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+                                  * temperature)
+                return data
+        optimizer = torch.optim.Adam(data.parameters(), lr=0.05)
+        with torch.enable_grad():
+            for _ in range(fit_steps):
+                loss = -(probs * data.logits().div(temperature).log_softmax(-1)).sum(-1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return data
+
+    @property
+    def factorised(self) -> bool:
+        return self.decoder is not None
+
+    @property
+    def meta(self) -> tuple:
+        """The tensors the outer loop optimises: (Z, M), or the logits alone."""
+        return (self.latent, self.decoder) if self.factorised else (self.latent,)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,14 +123,23 @@ class FarziData(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.decoder.shape[1]
+        return self.decoder.shape[1] if self.factorised else self.latent.shape[2]
 
-    def soft(self, latent=None, decoder=None) -> torch.Tensor:
-        """The soft sequences, μ × ξ × V (rows sum to 1). `latent`/`decoder` replace the
-        module's own (the engine passes them as meta tensors)."""
-        latent = self.latent if latent is None else latent
-        decoder = self.decoder if decoder is None else decoder
-        return (latent @ decoder / self.temperature).softmax(-1)
+    def logits(self, *meta) -> torch.Tensor:
+        """μ × ξ × V logits (before the temperature) from `meta` (default: `self.meta`)."""
+        latent, *decoder = meta or self.meta
+        return latent @ decoder[0] if decoder else latent
+
+    def soft(self, *meta) -> torch.Tensor:
+        """The soft sequences, μ × ξ × V (rows sum to 1). `meta` replaces the module's own
+        tensors (the engine passes them in)."""
+        return (self.logits(*meta) / self.temperature).softmax(-1)
+
+    def entropy(self) -> float:
+        """Mean entropy of a position's distribution, in nats (ln V is uniform)."""
+        with torch.no_grad():
+            log_probs = (self.logits() / self.temperature).log_softmax(-1)
+            return float(-(log_probs.exp() * log_probs).sum(-1).mean())
 
     @torch.no_grad()
     def sample(self, generator: torch.Generator | None = None,
@@ -100,7 +156,8 @@ class FarziData(nn.Module):
     def save(self, path) -> None:
         atomic_save({"format": FORMAT, "version": VERSION, "temperature": self.temperature,
                      "latent": self.latent.detach().cpu(),
-                     "decoder": self.decoder.detach().cpu()}, path)
+                     "decoder": self.decoder.detach().cpu() if self.factorised else None},
+                    path)
 
     @classmethod
     def load(cls, path, device=None) -> "FarziData":
@@ -111,13 +168,19 @@ class FarziData(nn.Module):
             raise ValueError(f"{path}: FarziData format version {state.get('version')} is not "
                              f"supported (expected {VERSION})")
         latent, decoder = state.get("latent"), state.get("decoder")
-        if not (isinstance(latent, torch.Tensor) and latent.dim() == 3
-                and isinstance(decoder, torch.Tensor) and decoder.dim() == 2
-                and latent.shape[2] == decoder.shape[0]):
-            raise ValueError(f"{path}: latent must be μ × ξ × d and decoder d × V")
-        data = cls(latent.shape[0], latent.shape[1], decoder.shape[1], latent.shape[2],
-                   float(state["temperature"]))
+        factorised_ok = (isinstance(decoder, torch.Tensor) and decoder.dim() == 2
+                         and isinstance(latent, torch.Tensor) and latent.dim() == 3
+                         and latent.shape[2] == decoder.shape[0])
+        direct_ok = decoder is None and isinstance(latent, torch.Tensor) and latent.dim() == 3
+        if not (factorised_ok or direct_ok):
+            raise ValueError(f"{path}: latent must be μ × ξ × d with a decoder d × V, or "
+                             f"μ × ξ × V logits without one")
+        if not all(bool(t.isfinite().all()) for t in (latent, decoder) if t is not None):
+            raise ValueError(f"{path}: the summary holds NaN or infinite values")
+        vocab = decoder.shape[1] if factorised_ok else latent.shape[2]
+        data = cls(latent.shape[0], latent.shape[1], vocab,
+                   latent.shape[2] if factorised_ok else None, float(state["temperature"]))
         with torch.no_grad():
-            data.latent.copy_(latent)
-            data.decoder.copy_(decoder)
+            for mine, saved in zip(data.meta, (latent, decoder)):
+                mine.copy_(saved)
         return data.to(device) if device is not None else data

@@ -11,7 +11,9 @@ from torch import nn
 
 from .data import load_movielens_100k, load_ptb
 from .metrics import evaluate_recommender, perplexity
-from .students import sasrec, transformer_lm
+from .students import GRU4Rec, gru4rec, sasrec, transformer_lm
+
+ARCHITECTURES = ("transformer", "gru")
 
 
 @dataclass
@@ -22,10 +24,18 @@ class Task:
     metric: str            # the headline metric
     higher_is_better: bool
 
-    def student(self, dim: int = 50, heads: int = 1, layers: int = 2,
-                dropout: float = 0.2) -> nn.Module:
+    def student(self, dim: int = 50, heads: int = 1, layers: int = 2, dropout: float = 0.2,
+                architecture: str = "transformer") -> nn.Module:
+        """A fresh student: the task's causal Transformer (SASRec on ml-100k), or with
+        architecture="gru" a GRU4Rec-style recurrent one (`heads` unused)."""
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         if self.name == "ml-100k":
+            if architecture == "gru":
+                return gru4rec(self.data.num_items, self.max_len, dim, layers, dropout)
             return sasrec(self.data.num_items, self.max_len, dim, heads, layers, dropout)
+        if architecture == "gru":
+            return GRU4Rec(self.data.vocab_size, self.max_len, dim, layers, dropout)
         return transformer_lm(self.data.vocab_size, self.max_len, dim, heads, layers, dropout)
 
     def train_rows(self) -> torch.Tensor:

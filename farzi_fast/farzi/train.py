@@ -3,6 +3,8 @@ subset) or soft ones (a FarziData summary): the baselines every Farzi table need
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -33,7 +35,10 @@ def train_student(model: nn.Module, data: torch.Tensor, *, steps: int, lr: float
                   batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0,
                   callback=None) -> nn.Module:
     """Adam(W) on `data`: hard rows (long, n × (L+1), padding = the model's padding_id) or
-    soft sequences (float, n × L × V). Returns the model, trained in place."""
+    soft sequences (float, n × L × V). Returns the model, trained in place.
+
+    `callback(step, loss)` runs after every step; training stops early when it returns True.
+    A loss that is not finite stops training with a FloatingPointError naming the step."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     vocab = getattr(model, "vocab_size", None)
@@ -56,6 +61,10 @@ def train_student(model: nn.Module, data: torch.Tensor, *, steps: int, lr: float
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if callback is not None:
-            callback(step, loss.item())
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss is {value} at step {step}: the data or "
+                                     f"the learning rate ({lr}) is unusable")
+        if callback is not None and callback(step, value):
+            break
     return model

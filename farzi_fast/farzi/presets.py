@@ -1,0 +1,39 @@
+"""Named configurations of `farzi-fast distill` (and of benchmarks/bench_distill.py): `cpu`,
+a 50 × 20 summary that a 2-core CPU distills in under 30 minutes, and `paper`, the sizes of
+the paper's tables. Explicit command-line options override a preset's values."""
+
+from __future__ import annotations
+
+# student: the architecture distilled with; distill: DistillConfig fields; eval_every:
+# outer steps between validations of the summary (the best one is kept)
+_STUDENT = {"ml-100k": dict(dim=50, heads=1, layers=2, dropout=0.2),
+            "ptb": dict(dim=64, heads=2, layers=2, dropout=0.1)}
+
+PRESETS = {
+    "ml-100k": {
+        "cpu": dict(_STUDENT["ml-100k"], max_len=50, size=(50, 20), latent_dim=None,
+                    inner_steps=20, outer_steps=200, inner_lr=1e-2, outer_lr=1e-2,
+                    outer_batch=256, teacher_share=1.0, pretrained_students=2,
+                    pretrain_steps=400, eval_every=25),
+        "paper": dict(_STUDENT["ml-100k"], max_len=200, size=(50, 150), latent_dim=None,
+                      inner_steps=50, outer_steps=1000, inner_lr=1e-2, outer_lr=1e-2,
+                      outer_batch=256, teacher_share=1.0, pretrained_students=2,
+                      pretrain_steps=400, eval_every=100),
+    },
+    "ptb": {
+        "cpu": dict(_STUDENT["ptb"], max_len=20, size=(50, 20), latent_dim=None,
+                    inner_steps=10, outer_steps=100, inner_lr=1e-2, outer_lr=1e-2,
+                    outer_batch=256, teacher_share=1.0, pretrained_students=2,
+                    pretrain_steps=400, eval_every=25),
+        "paper": dict(dim=128, heads=4, layers=2, dropout=0.1, max_len=50, size=(200, 50),
+                      latent_dim=None, inner_steps=50, outer_steps=1000, inner_lr=1e-2,
+                      outer_lr=1e-2, outer_batch=256, teacher_share=1.0,
+                      pretrained_students=2, pretrain_steps=1000, eval_every=100),
+    },
+}
+
+
+def preset(dataset: str, name: str) -> dict:
+    if name not in PRESETS[dataset]:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS[dataset])}, got {name!r}")
+    return dict(PRESETS[dataset][name])
