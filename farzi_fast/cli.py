@@ -279,10 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: this machine has no CUDA GPU "
+                             f"(use --device cpu)")
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileNotFoundError, TypeError, FloatingPointError) as error:
         print(f"farzi-fast: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("farzi-fast: interrupted (a distill run continues from its last checkpoint "
+              "with --resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -312,6 +312,17 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert cli(base + ["--preset", "paper", "--max-len", "100"]) == 2
     assert "--size 50x150" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
+    if not torch.cuda.is_available():
+        assert cli(base + ["--device", "cuda"]) == 2
+        assert capsys.readouterr().err.strip() == ("farzi-fast: error: --device cuda: this "
+                                                   "machine has no CUDA GPU (use --device cpu)")
+        assert not (tmp_path / "run").exists()
+
+
+def test_distill_follows_a_float64_student(movielens):
+    summary = distill(tiny_student(movielens).double(), movielens.train_batch(12),
+                      outer_steps=1, **DISTILL)
+    assert summary.latent.dtype == torch.float64 and summary.decoder.dtype == torch.float64
 
 
 

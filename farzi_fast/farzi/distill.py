@@ -211,6 +211,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_
     validate_every = require_int("validate_every", validate_every, minimum=0)
     device = torch.device(device) if device is not None else next(student.parameters()).device
     student = student.to(device)
+    dtype = next(student.parameters()).dtype  # the summary follows the student's precision
     padding_id = getattr(student, "padding_id", None)
 
     g = torch.Generator().manual_seed(config.seed)
@@ -218,7 +219,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_
     state = _load_checkpoint(checkpoint, config) if resume and checkpoint is not None else None
     if state is not None:
         pool = [{n: t.to(device) for n, t in p.items()} for p in state["pool"]]
-        farzi = _restore(state["summary"], config, vocab).to(device)
+        farzi = _restore(state["summary"], config, vocab).to(device, dtype)
         best = dict(state["best"], summary=_restore(state["best"]["summary"], config, vocab))
         g.set_state(state["sampler_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -227,7 +228,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_
         pool = [{n: t.to(device) for n, t in p.items()}
                 for p in pretrained_pool(student, train, config)]
         farzi = _initial_summary(student, train.to(device), config, pool, teacher, vocab,
-                                 g).to(device)
+                                 g).to(device, dtype)
         best = {"score": None, "step": 0, "summary": None}
         start, history = 1, []
     optimizer = torch.optim.Adam(farzi.meta, lr=config.outer_lr)
