@@ -190,12 +190,13 @@ def _initial_summary(student, train, config, pool, teacher, vocab, generator) ->
                                         generator=generator)
 
 
-def distill(student: nn.Module, train: torch.Tensor, *, size, latent_dim, inner_steps,
-            outer_steps, device=None, callback=None, checkpoint=None, checkpoint_every=0,
+def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer_steps,
+            latent_dim=None, device=None, callback=None, checkpoint=None, checkpoint_every=0,
             resume=False, anchor_every=None, anchor_head=None, teacher=None, validate=None,
             validate_every=0, **options) -> FarziData:
     """Distill `train` (long rows of real sequences; 0 is padding for SASRec-style students)
-    into a FarziData of `size` = (μ, ξ). `options` are the other DistillConfig fields.
+    into a FarziData of `size` = (μ, ξ): factorised with rank `latent_dim`, or μ × ξ × V
+    logits when None. `options` are the other DistillConfig fields.
 
     `teacher`: a model over the same vocabulary whose next-item distributions label the
     initial sequences (default: the first pretrained student). `validate(step, farzi) -> score`
