@@ -98,6 +98,7 @@ def cmd_distill(args) -> int:
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "resume", "out", "quiet", "device")}
     config["size"] = list(args.size)
+    config["data"] = str(Path(args.data).resolve()) if args.data else None  # one spelling
     config_file = out / "config.json"
     if config_file.exists():
         saved = json.loads(config_file.read_text())
@@ -120,8 +121,7 @@ def cmd_distill(args) -> int:
         start_step = safe_load(checkpoint, "distill checkpoint").get("step", 0)
     entries = []
     if log_file.exists():  # keep the log consistent with the checkpoint we resume from
-        entries = [json.loads(line) for line in log_file.read_text().splitlines() if line]
-        entries = [e for e in entries if e["step"] <= start_step]
+        entries = [e for e in read_log(log_file) if e["step"] <= start_step]
     log_file.write_text("".join(json.dumps(e) + "\n" for e in entries))
 
     from tqdm import tqdm
@@ -167,13 +167,29 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def read_log(log_file: Path) -> list[dict]:
+    """The entries of a run's log.jsonl. A torn last line (the run was killed while writing
+    it) is dropped; a broken line before it means the file is damaged."""
+    lines = [line for line in log_file.read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{log_file}:{number} is not a JSON line; the log is damaged "
+                             f"(move it away to resume without it)") from None
+    return entries
+
+
 def plot_log(log_file: Path, png: Path, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+    entries = read_log(log_file)
     steps = [e for e in entries if "meta_loss" in e]
     valid = [e for e in entries if "valid" in e]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -225,8 +241,10 @@ def cmd_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farzi-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    helpful = argparse.ArgumentDefaultsHelpFormatter
 
-    d = sub.add_parser("distill", help="distill a data set into a FarziData summary")
+    d = sub.add_parser("distill", help="distill a data set into a FarziData summary",
+                       formatter_class=helpful)
     _common(d, defaults=False)
     d.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
                    help="cpu: 50x20, < 30 min on 2 cores; paper: the paper's sizes (its CPU "
@@ -256,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     t = sub.add_parser("train", help="train a student on the full data, a random subset or "
-                                     "a summary, save it and print its test metrics")
+                                     "a summary, save it and print its test metrics",
+                       formatter_class=helpful)
     _common(t)
     t.add_argument("--on", choices=["full", "random", "farzi"], default="full")
     t.add_argument("--farzi", default=None)
@@ -267,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="metrics of a saved student on valid and test")
+    e = sub.add_parser("evaluate", help="metrics of a saved student on valid and test",
+                       formatter_class=helpful)
     e.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
     e.add_argument("--data", default=None)
     e.add_argument("--student", required=True)

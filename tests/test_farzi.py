@@ -319,6 +319,32 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
         assert not (tmp_path / "run").exists()
 
 
+def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(movielens, data_dir, tmp_path,
+                                                               capsys):
+    out = tmp_path / "run"
+    args = ["distill", "--dataset", "ml-100k", "--data", str(data_dir) + "/", "--max-len", "12",
+            "--dim", "16", "--layers", "1", "--out", str(out), "--size", "4x6",
+            "--inner-steps", "2", "--pretrained-students", "1", "--pretrain-steps", "2",
+            "--checkpoint-every", "1", "--eval-every", "0", "--outer-batch", "32", "--quiet"]
+    assert cli(args + ["--outer-steps", "2"]) == 0
+    log = out / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "meta_l')  # killed mid-write
+    relative = ["--data", str(data_dir)]  # the same folder spelled without the slash
+    assert cli(args[:3] + relative + args[5:] + ["--outer-steps", "3", "--resume"]) == 0
+    assert [e["step"] for e in map(json.loads, log.read_text().splitlines())] == [1, 2, 3]
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    capsys.readouterr()
+    assert cli(args + ["--outer-steps", "4", "--resume"]) == 2
+    assert f"{log}:2 is not a JSON line" in capsys.readouterr().err
+
+
+def test_max_len_is_never_silently_replaced(data_dir):
+    from farzi_fast.farzi.tasks import load_task
+
+    with pytest.raises(ValueError, match="max_len"):
+        load_task("ml-100k", data_dir, 0)
+
+
 def test_distill_follows_a_float64_student(movielens):
     summary = distill(tiny_student(movielens).double(), movielens.train_batch(12),
                       outer_steps=1, **DISTILL)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import require_int
 from .data import load_movielens_100k, load_ptb
 from .metrics import evaluate_recommender, perplexity
 from .students import GRU4Rec, gru4rec, sasrec, transformer_lm
@@ -51,6 +52,10 @@ class Task:
 
 
 def load_task(name: str, path=None, max_len: int | None = None) -> Task:
+    """The task `name` ('ml-100k' or 'ptb') with its data read from `path`; `max_len` is the
+    students' sequence length (default 200 for ml-100k, 64 for ptb)."""
+    if max_len is not None:
+        require_int("max_len", max_len, 2, "the students' sequence length")
     if name == "ml-100k":
         return Task(name, load_movielens_100k(path), max_len or 200, "HR@10", True)
     if name == "ptb":
