@@ -110,8 +110,11 @@ def real_tokens(task, rows: torch.Tensor) -> int:
     return int((rows != 0).sum()) if task.name == "ml-100k" else rows.numel()
 
 
-def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path):
-    name = "FarziData" if variant == "default" else f"FarziData [{variant}]"
+def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
+              default_steps: int):
+    label = variant if cfg["outer_steps"] == default_steps else \
+        f"{variant}, {cfg['outer_steps']} outer steps"
+    name = "FarziData" if label == "default" else f"FarziData [{label}]"
     if results.has(source=name, seed=seed, arch="gru"):
         return
     settings = {k: cfg[k] for k in DISTILL_KEYS} | {
@@ -134,13 +137,16 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path):
     summary = distill(make(), task.train_rows(), size=cfg["size"], device=device, seed=seed,
                       validate=validate, validate_every=eval_every, teacher=teacher, **settings)
     seconds = round(time.perf_counter() - start, 1)
-    summary.save(out / f"farzi-{task.name}-{variant}-seed{seed}.pt")
+    summary.save(out / f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}"
+                       f"-seed{seed}.pt")
     mu, xi = cfg["size"]
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
                  entropy=summary.entropy(), variant=variant)
-    if variant == "default" and "soft" in start_summary:
-        evaluate_source(results, task, cfg, "teacher-labelled start (0 outer steps)",
-                        start_summary["soft"], mu * xi, device, seed=seed)
+    if "soft" in start_summary:  # what the outer loop started from
+        start_name = ("teacher-labelled start (0 outer steps)" if label == "default" else
+                      f"start of [{label}]")
+        evaluate_source(results, task, cfg, start_name, start_summary["soft"], mu * xi,
+                        device, seed=seed)
     evaluate_source(results, task, cfg, name, summary.soft().detach(), mu * xi, device,
                     seed=seed, **extra)
 
@@ -182,6 +188,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=3, help="random subsets drawn")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--outer-steps", type=int, default=None,
+                        help="override the preset's (ablations at a shorter budget)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
@@ -189,10 +197,14 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = preset(args.dataset, args.preset)
+    default_steps = cfg["outer_steps"]
+    if args.outer_steps:
+        cfg["outer_steps"] = args.outer_steps
     task = load_task(args.dataset, args.data, cfg["max_len"])
     name = f"distill-{args.dataset}-{args.preset}"
     rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
-               torch.device(args.device), with_baselines=not args.no_baselines)
+               torch.device(args.device), with_baselines=not args.no_baselines,
+               default_steps=default_steps)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
             f"; evaluation students: {EVAL_STUDENTS}; recipe: {EVALUATION}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
@@ -209,7 +221,7 @@ def COLUMNS(task):
 
 
 def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
-        with_baselines=True) -> list[dict]:
+        with_baselines=True, default_steps=None) -> list[dict]:
     """Baselines, then a distillation per seed, each result appended to OUT/NAME.jsonl;
     returns the table rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +229,8 @@ def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
     if with_baselines:
         baselines(results, task, cfg, device, draws)
     for seed in seeds:
-        farzi_run(results, task, cfg, device, seed, variant, out)
+        farzi_run(results, task, cfg, device, seed, variant, out,
+                  default_steps or cfg["outer_steps"])
     return table(results, task, cfg)
 
 if __name__ == "__main__":
