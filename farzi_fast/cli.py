@@ -23,7 +23,8 @@ import torch
 from .farzi.distill import changed_settings, distill
 from .farzi.presets import preset
 from .farzi.protocol import Recipe, fit, fit_and_test
-from .farzi.summary import FarziData, atomic_save, safe_load
+from .farzi.files import atomic_save, safe_load
+from .farzi.summary import FarziData
 from .farzi.tasks import ARCHITECTURES, load_task
 from .farzi.train import random_subset
 

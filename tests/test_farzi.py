@@ -161,7 +161,7 @@ def test_farzi_data_soft_sample_save_load(tmp_path):
     assert data.sample(torch.Generator().manual_seed(1)).shape == (3, 5)
     assert torch.equal(data.sample(greedy=True), soft.argmax(-1))
     data.save(tmp_path / "f.pt")
-    from farzi_fast.farzi.summary import _umask
+    from farzi_fast.farzi.files import _umask
 
     assert (tmp_path / "f.pt").stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() makes
     back = FarziData.load(tmp_path / "f.pt")
@@ -179,6 +179,32 @@ def test_farzi_data_refuses_corrupt_foreign_and_code_files(tmp_path):
     with pytest.raises(ValueError, match="not a readable FarziData"):
         FarziData.load(tmp_path / "code.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_saved_files_detect_flipped_bytes_and_tampering(tmp_path):
+    data = FarziData(3, 5, 4000, 4, generator=torch.Generator().manual_seed(0))
+    data.save(tmp_path / "f.pt")
+    raw = bytearray((tmp_path / "f.pt").read_bytes())
+    middle = len(raw) // 2  # inside the decoder's bytes, the largest tensor
+    raw[middle:middle + 64] = bytes(b ^ 0xFF for b in raw[middle:middle + 64])
+    (tmp_path / "f.pt").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="f.pt is damaged"):
+        FarziData.load(tmp_path / "f.pt")
+    from farzi_fast.farzi.files import DIGEST_KEY, safe_load
+
+    data.save(tmp_path / "g.pt")
+    state = torch.load(tmp_path / "g.pt", weights_only=True)
+    state["latent"] = torch.full_like(state["latent"], float("nan"))  # rewritten by hand
+    torch.save(state, tmp_path / "g.pt")
+    with pytest.raises(ValueError, match="g.pt is damaged"):
+        FarziData.load(tmp_path / "g.pt")
+    del state[DIGEST_KEY]
+    torch.save(state, tmp_path / "g.pt")
+    with pytest.raises(ValueError, match="no integrity digest"):
+        safe_load(tmp_path / "g.pt", "FarziData")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt is not a readable FarziData file"):
+        FarziData.load(tmp_path / "empty.pt")
 
 
 class Exploit:

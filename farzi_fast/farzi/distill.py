@@ -28,7 +28,8 @@ from torch.func import functional_call
 
 from .._checks import require_int
 from ..engine import unroll
-from .summary import FarziData, atomic_save, safe_load
+from .files import atomic_save, safe_load
+from .summary import FarziData
 from .train import hard_loss, soft_loss, train_student
 
 CHECKPOINT_FORMAT = "farzi_fast.distill-checkpoint"

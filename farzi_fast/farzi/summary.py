@@ -1,58 +1,18 @@
-"""FarziData: the distilled data summary. A latent tensor Z (μ sequences × ξ positions × d)
-and a decoder M (d × V); the synthetic data are soft sequences softmax(Z M / τ), one
-distribution over the vocabulary per position. Optimising (Z, M) instead of μ × ξ × V logits
-keeps the optimised part's memory independent of V and regularises the summary (the paper's
-factorisation)."""
+"""FarziData: the distilled data summary, soft sequences softmax(logits / τ), one
+distribution over the vocabulary per position. The logits are either factorised, a latent
+tensor Z (μ sequences × ξ positions × d) times a decoder M (d × V) as in the paper, which
+keeps the optimised part's memory independent of V, or held directly (μ × ξ × V)."""
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .._checks import require_int
+from .files import atomic_save, safe_load
 
 FORMAT = "farzi_fast.FarziData"
-VERSION = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
-    half-written file under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def safe_load(path, what: str):
-    """torch.load(weights_only=True): tensors and plain containers only, never code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # corrupted, truncated, foreign or pickled-code files
-        raise ValueError(f"{path} is not a readable {what} file ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0][:200]})") from None
+VERSION = 2  # 2: optional decoder (direct logits), integrity digest
 
 
 class FarziData(nn.Module):
