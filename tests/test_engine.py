@@ -270,6 +270,8 @@ def test_float32_cpu_backend_runs_and_reports_drift():
     got = meta_gradient(model, loss_fn, outer_fn, 30, meta=meta, lr=0.01)  # default anchors
     assert got.report.w0 < 1e-4 and set(got.report.anchors) == set(range(1, 9)) | {25}
     assert all(torch.isfinite(g).all() for g in got.meta_grads)
+    line = str(got.report)  # what print(trained.report) shows: one line, not every anchor
+    assert "\n" not in line and line.startswith("drift: w0 ") and "9 anchors" in line
 
 
 @pytest.fixture

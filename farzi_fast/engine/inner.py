@@ -66,6 +66,14 @@ class DriftReport:
     def max_anchor_drift(self) -> float:
         return max((max(d.values()) for d in self.anchors.values()), default=0.0)
 
+    def __str__(self) -> str:
+        """One line for print(); the per-anchor detail stays in `anchors`."""
+        if not self.anchors:
+            return f"drift: w0 {self.w0:.2g}, no anchors"
+        worst = max(self.anchors, key=lambda t: max(self.anchors[t].values()))
+        return (f"drift: w0 {self.w0:.2g}; {len(self.anchors)} anchors, largest drift "
+                f"corrected {self.max_anchor_drift:.2g} (step {worst})")
+
 
 @dataclass
 class ForwardState:
