@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,8 @@ def validation_recipe(args) -> Recipe:
 def cmd_distill(args) -> int:
     _apply_preset(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
     # what defines the run (device and verbosity may change on resume)
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "resume", "out", "quiet", "device")}
@@ -102,20 +104,26 @@ def cmd_distill(args) -> int:
     config["data"] = str(Path(args.data).resolve()) if args.data else None  # one spelling
     config_file = out / "config.json"
     if config_file.exists():
-        saved = json.loads(config_file.read_text())
         if not args.resume:
-            raise SystemExit(f"{out} already holds a run; pass --resume to continue it or "
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or "
                              f"choose another --out")
+        try:
+            saved = json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{config_file} is damaged (not JSON); start a new run in another "
+                             f"--out") from None
         different = changed_settings(saved, config)
         if different:
-            raise SystemExit("refusing to resume with a different configuration: " + ", ".join(
+            raise ValueError("refusing to resume with a different configuration: " + ", ".join(
                 f"{k}: {a!r} -> {b!r}" for k, (a, b) in different.items()))
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
-
-    task = load_task(args.dataset, args.data, args.max_len)
+    task = load_task(args.dataset, args.data, args.max_len)  # fails before anything is written
     torch.manual_seed(args.seed)
     student = task.student(**_student_args(args))
     rows = task.train_rows()
+    out.mkdir(parents=True, exist_ok=True)
+    for orphan in out.glob(".*.tmp"):  # temporary files of writes a kill interrupted
+        orphan.unlink()
+    atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
     log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
     start_step = 0
     if args.resume and checkpoint.exists():
@@ -123,7 +131,7 @@ def cmd_distill(args) -> int:
     entries = []
     if log_file.exists():  # keep the log consistent with the checkpoint we resume from
         entries = [e for e in read_log(log_file) if e["step"] <= start_step]
-    log_file.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    atomic_write_text(log_file, "".join(json.dumps(e) + "\n" for e in entries))
 
     from tqdm import tqdm
 
@@ -166,6 +174,13 @@ def cmd_distill(args) -> int:
     print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size),
                       "selected_step": farzi.selected_step}))
     return 0
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_log(log_file: Path) -> list[dict]:
@@ -213,7 +228,7 @@ def cmd_train(args) -> int:
         data = random_subset(rows, args.count, args.seed)
     else:
         if not args.farzi:
-            raise SystemExit("--on farzi needs --farzi PATH (a farzi.pt from `distill`)")
+            raise ValueError("--on farzi needs --farzi PATH (a farzi.pt from `distill`)")
         data = FarziData.load(args.farzi).soft().detach()
     result = fit_and_test(lambda: task.student(**_student_args(args)).to(args.device), data,
                           task, Recipe(lr=args.train_lr, max_steps=args.steps), seed=args.seed)
@@ -227,13 +242,20 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     saved = safe_load(args.student, "student")
-    if not isinstance(saved, dict) or saved.get("format") != STUDENT_FORMAT:
-        raise SystemExit(f"{args.student} is not a farzi-fast student file")
+    expected = {"format": str, "dataset": str, "max_len": int, "student": dict, "state": dict}
+    if saved.get("format") != STUDENT_FORMAT or not all(
+            isinstance(saved.get(k), t) for k, t in expected.items()):
+        raise ValueError(f"{args.student} is not a farzi-fast student file (expected the "
+                         f"keys {sorted(expected)})")
     if saved["dataset"] != args.dataset:
-        raise SystemExit(f"{args.student} was trained on {saved['dataset']}, not {args.dataset}")
+        raise ValueError(f"{args.student} was trained on {saved['dataset']}, not {args.dataset}")
     task = load_task(args.dataset, args.data, saved["max_len"])
-    student = task.student(**saved["student"])
-    student.load_state_dict(saved["state"])
+    try:
+        student = task.student(**saved["student"])
+        student.load_state_dict(saved["state"])
+    except (TypeError, RuntimeError) as error:
+        raise ValueError(f"{args.student}: its student settings or weights do not fit "
+                         f"({str(error).splitlines()[0][:160]})") from None
     print(json.dumps({split: task.evaluate(student.to(args.device), split)
                       for split in ("valid", "test")}))
     return 0

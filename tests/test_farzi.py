@@ -72,6 +72,9 @@ def test_malformed_and_empty_files_are_refused(tmp_path):
     (tmp_path / "u.data").write_text("\n")
     with pytest.raises(ValueError, match="no interactions"):
         load_movielens_100k(tmp_path)
+    (tmp_path / "u.data").write_text("1\t2\t3\t4\n1\t3\t3\t5\n2\t2\t3\t4\n")
+    with pytest.raises(ValueError, match="u.data: no user has the 3 interactions"):
+        load_movielens_100k(tmp_path)
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -364,6 +367,28 @@ def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(movielens, data_
     assert f"{log}:2 is not a JSON line" in capsys.readouterr().err
 
 
+def test_cli_mistakes_get_one_line_and_exit_2(movielens, data_dir, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    common = ["--dataset", "ml-100k", "--data", str(data_dir)]
+    assert cli(["distill", *common, "--out", str(tmp_path / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "afile").read_text() == ""
+    assert cli(["distill", "--dataset", "ml-100k", "--data", str(tmp_path / "none"), "--out",
+                str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing behind
+    from farzi_fast.farzi.files import atomic_save
+
+    atomic_save({"format": "farzi_fast.student", "dataset": "ml-100k"}, tmp_path / "s.pt")
+    capsys.readouterr()
+    assert cli(["evaluate", *common, "--student", str(tmp_path / "s.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s.pt is not a farzi-fast student file" in err
+    atomic_save({"format": "farzi_fast.student", "dataset": "ml-100k", "max_len": 12,
+                 "student": {"dim": 16}, "state": {"embed": torch.zeros(3, 3)}},
+                tmp_path / "s.pt")
+    assert cli(["evaluate", *common, "--student", str(tmp_path / "s.pt")]) == 2
+    assert "weights do not fit" in capsys.readouterr().err
+
+
 def test_max_len_is_never_silently_replaced(data_dir):
     from farzi_fast.farzi.tasks import load_task
 
@@ -387,10 +412,11 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
                     "--checkpoint-every", "1", "--eval-every", "2", "--train-steps", "5",
                     "--outer-batch", "32", "--quiet"]
     assert cli(distill_args + ["--outer-steps", "2"]) == 0
-    with pytest.raises(SystemExit, match="already holds a run"):
-        cli(distill_args + ["--outer-steps", "3"])
-    with pytest.raises(SystemExit, match="different configuration"):
-        cli(distill_args + ["--outer-steps", "3", "--resume", "--inner-steps", "3"])
+    capsys.readouterr()
+    assert cli(distill_args + ["--outer-steps", "3"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli(distill_args + ["--outer-steps", "3", "--resume", "--inner-steps", "3"]) == 2
+    assert "different configuration" in capsys.readouterr().err
     assert cli(distill_args + ["--outer-steps", "3", "--resume"]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "meta_loss" in e] == [1, 2, 3]

@@ -129,6 +129,9 @@ def load_movielens_100k(path=None) -> RecommendationData:
         ordered = [item for _, _, item in sorted(events[user])]
         if len(ordered) >= 3:  # leave-one-out needs a training item, a valid and a test one
             sequences.append(torch.tensor(ordered, dtype=torch.long))
+    if not sequences:
+        raise ValueError(f"{file}: no user has the 3 interactions the leave-one-out split "
+                         f"needs (one to train on, one to validate, one to test)")
     return RecommendationData(max_item, sequences)
 
 
