@@ -257,6 +257,32 @@ def test_distill_refuses_a_different_configuration_on_resume(movielens, tmp_path
     assert checkpoint.read_bytes() == before
 
 
+def test_distill_resume_refuses_other_data_students_and_impossible_states(movielens, tmp_path):
+    from farzi_fast.farzi.files import atomic_save, safe_load
+
+    train = movielens.train_batch(12)
+    checkpoint = tmp_path / "ckpt.pt"
+    distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint, **DISTILL)
+    resume = dict(DISTILL, checkpoint=checkpoint, resume=True)
+    with pytest.raises(ValueError, match="another real training data"):
+        distill(tiny_student(movielens), train[1:], outer_steps=3, **resume)
+    wider = sasrec(movielens.num_items, max_len=12, dim=24, heads=1, layers=1)
+    with pytest.raises(ValueError, match="another student architecture"):
+        distill(wider, train, outer_steps=3, **resume)
+    with pytest.raises(ValueError, match="at outer step 2, beyond outer_steps=1"):
+        distill(tiny_student(movielens), train, outer_steps=1, **resume)
+    good = safe_load(checkpoint, "checkpoint")
+    tampered = [dict(good, step=-5), dict(good, step="five"), dict(good, step=10 ** 6),
+                dict(good, summary=[good["summary"][0][:1], good["summary"][1]]),
+                dict(good, summary=[good["summary"][0] * float("nan"), good["summary"][1]]),
+                dict(good, history=[1.0])]
+    for state, message in zip(tampered, ["step must be", "step must be", "beyond outer_steps",
+                                         "summary must be", "summary must be", "history"]):
+        atomic_save(state, checkpoint)  # edited with a valid digest: the values still count
+        with pytest.raises(ValueError, match=message):
+            distill(tiny_student(movielens), train, outer_steps=3, **resume)
+
+
 def test_distill_refuses_bad_input(movielens):
     train = movielens.train_batch(12)
     with pytest.raises(ValueError, match="vocabulary"):

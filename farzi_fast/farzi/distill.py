@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from .._checks import require_int
 from ..engine import unroll
-from .files import atomic_save, safe_load
+from .files import atomic_save, content_digest, safe_load
 from .summary import FarziData
 from .train import hard_loss, soft_loss, train_student
 
@@ -218,7 +218,9 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
 
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    state = _load_checkpoint(checkpoint, config) if resume and checkpoint is not None else None
+    identity = _run_identity(student, train)
+    state = (_load_checkpoint(checkpoint, config, identity, vocab)
+             if resume and checkpoint is not None else None)
     if state is not None:
         pool = [{n: t.to(device) for n, t in p.items()} for p in state["pool"]]
         farzi = _restore(state["summary"], config, vocab).to(device, dtype)
@@ -278,7 +280,8 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
                 callback(step, value, farzi)
         if checkpoint is not None and (step == config.outer_steps or
                                        (checkpoint_every and step % checkpoint_every == 0)):
-            atomic_save({"format": CHECKPOINT_FORMAT, "config": config.as_dict(), "step": step,
+            atomic_save({"format": CHECKPOINT_FORMAT, "config": config.as_dict(),
+                         "identity": identity, "step": step,
                          "summary": _tensors(farzi), "optimizer": optimizer.state_dict(),
                          "best": dict(best, summary=_tensors(best["summary"])),
                          "sampler_rng": g.get_state(), "torch_rng": torch.get_rng_state(),
@@ -305,11 +308,20 @@ def _restore(tensors: list | None, config: DistillConfig, vocab: int) -> FarziDa
     return farzi
 
 
-def _load_checkpoint(path, config: DistillConfig):
+def _run_identity(student: nn.Module, train: torch.Tensor) -> dict:
+    """What a checkpoint must have been written for besides the configuration: the same
+    real data and the same student architecture (parameter names and shapes)."""
+    return {"train": content_digest(train.cpu()),
+            "student": {n: list(p.shape) for n, p in student.named_parameters()}}
+
+
+def _load_checkpoint(path, config: DistillConfig, identity: dict, vocab: int):
+    """The state saved at `path` (None if there is none), refused unless it was written by
+    this configuration on this data and student, and holds values such a run can reach."""
     if not Path(path).exists():
         return None
     state = safe_load(path, "distill checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if state.get("format") != CHECKPOINT_FORMAT or not isinstance(state.get("config"), dict):
         raise ValueError(f"{path} is not a farzi_fast distill checkpoint")
     differences = changed_settings(state["config"], config.as_dict())
     if differences:
@@ -317,6 +329,23 @@ def _load_checkpoint(path, config: DistillConfig):
                            differences.items())
         raise ValueError(f"refusing to resume {path}: it was written with a different "
                          f"configuration ({detail})")
+    for key, what in (("train", "real training data"), ("student", "student architecture")):
+        saved_identity = state.get("identity")
+        if not isinstance(saved_identity, dict) or saved_identity.get(key) != identity[key]:
+            raise ValueError(f"refusing to resume {path}: it was written for another {what}")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step:
+        raise ValueError(f"{path}: step must be a positive int, got {step!r}")
+    if step > config.outer_steps:
+        raise ValueError(f"{path} is at outer step {step}, beyond outer_steps="
+                         f"{config.outer_steps}: ask for at least {step}")
+    shapes = [list(t.shape) for t in FarziData(*config.size, vocab, config.latent_dim).meta]
+    saved = state.get("summary")
+    if (not isinstance(saved, list) or [list(getattr(t, "shape", [])) for t in saved] != shapes
+            or not all(bool(t.isfinite().all()) for t in saved)):
+        raise ValueError(f"{path}: the summary must be finite tensors of shapes {shapes}")
+    if not isinstance(state.get("history"), list) or len(state["history"]) != step:
+        raise ValueError(f"{path}: the meta-loss history must hold one value per step")
     return state
 
 
