@@ -137,7 +137,8 @@ def cmd_distill(args) -> int:
 
     bar = tqdm(total=args.outer_steps, initial=start_step, desc="distill", unit="step",
                file=sys.stderr, disable=args.quiet)
-    began = time.perf_counter()
+    # seconds count across resumes: this process starts where the kept log ends
+    began = time.perf_counter() - max((e.get("seconds", 0.0) for e in entries), default=0.0)
     sign = 1.0 if task.higher_is_better else -1.0
 
     def write(entry):

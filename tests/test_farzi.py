@@ -65,7 +65,19 @@ def test_missing_files_say_where_they_looked(tmp_path, monkeypatch):
         load_movielens_100k(tmp_path)
 
 
+def test_ptb_splits_come_from_one_folder(data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copy(data_dir / "ptb" / "ptb.train.txt", tmp_path / "ptb.train.txt")
+    monkeypatch.setenv("FARZI_FAST_DATA", str(data_dir))  # where the other splits are
+    with pytest.raises(FileNotFoundError, match="ptb.valid.txt not found beside ptb.train.txt"):
+        load_ptb(tmp_path)
+
+
 def test_malformed_and_empty_files_are_refused(tmp_path):
+    (tmp_path / "u.data").write_bytes(b"1\t2\t3\t4\n\xff\xfe\n")
+    with pytest.raises(ValueError, match="u.data is not UTF-8 text"):
+        load_movielens_100k(tmp_path)
     (tmp_path / "u.data").write_text("1\t2\t3\t4\n1\t2\tthree\t4\n")
     with pytest.raises(ValueError, match="u.data:2: expected 4 tab-separated integers"):
         load_movielens_100k(tmp_path)
@@ -289,6 +301,9 @@ def test_distill_refuses_bad_input(movielens):
         distill(transformer_lm(50, max_len=12), train, outer_steps=1, **DISTILL)
     with pytest.raises(ValueError, match="size"):
         distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(size=(0, 6))))
+    with pytest.raises(ValueError, match="inner_lr must be a finite number"):
+        distill(tiny_student(movielens), train, outer_steps=1,
+                **(DISTILL | dict(inner_lr=float("inf"))))
     with pytest.raises(ValueError, match="inner_steps"):
         distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_steps=0)))
 

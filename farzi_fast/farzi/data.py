@@ -108,8 +108,13 @@ def load_movielens_100k(path=None) -> RecommendationData:
     file = find_file("ml-100k", "u.data", path)
     events: dict[int, list[tuple[int, int, int]]] = {}
     max_item = 0
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(file, encoding="utf-8", errors="strict") as f:
+        try:
+            lines = f.readlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{file} is not UTF-8 text (byte {error.start}): expected "
+                             f"MovieLens' u.data") from None
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -160,8 +165,11 @@ class LanguageData:
 
 
 def _read_lines(file: Path) -> list[list[str]]:
-    with open(file, encoding="utf-8") as f:
-        lines = [line.split() + ["<eos>"] for line in f if line.strip()]
+    try:
+        with open(file, encoding="utf-8") as f:
+            lines = [line.split() + ["<eos>"] for line in f if line.strip()]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is not UTF-8 text (byte {error.start})") from None
     if not lines:
         raise ValueError(f"{file} is empty")
     return lines
@@ -170,8 +178,12 @@ def _read_lines(file: Path) -> list[list[str]]:
 def load_ptb(path=None) -> LanguageData:
     """Penn Treebank (Mikolov's preprocessed version). Note: the copy in this project's shared
     data has only the first quarter of the training file (see its README)."""
-    files = {split: find_file("ptb", f"ptb.{split}.txt", path)
-             for split in ("train", "valid", "test")}
+    folder = find_file("ptb", "ptb.train.txt", path).parent  # all splits from one folder
+    files = {split: folder / f"ptb.{split}.txt" for split in ("train", "valid", "test")}
+    for split, file in files.items():
+        if not file.is_file():
+            raise FileNotFoundError(f"ptb: {file.name} not found beside ptb.train.txt in "
+                                    f"{folder}; the three splits must come from one folder")
     lines = {split: _read_lines(file) for split, file in files.items()}
     vocab = sorted({word for line in lines["train"] for word in line} | {"<unk>"})
     index = {word: i for i, word in enumerate(vocab)}

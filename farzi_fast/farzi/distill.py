@@ -68,8 +68,9 @@ class DistillConfig:
         for name in ("pretrained_students", "pretrain_steps"):
             require_int(name, getattr(self, name), minimum=0)
         for name in ("inner_lr", "outer_lr", "temperature", "pretrain_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not 0.0 <= self.teacher_share <= 1.0:
