@@ -473,3 +473,43 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
     assert cli(["evaluate", "--dataset", "ml-100k", "--data", str(data_dir), "--student",
                 str(student)]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"valid", "test"}
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_summary(data_dir, tmp_path):
+    """A real SIGKILL, at a random moment after the first checkpoint, then --resume."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out, steps=8):
+        return [sys.executable, "-m", "farzi_fast.cli", "distill", "--dataset", "ml-100k",
+                "--data", str(data_dir), "--max-len", "12", "--dim", "16", "--layers", "1",
+                "--out", str(out), "--size", "4x6", "--inner-steps", "3",
+                "--pretrained-students", "1", "--pretrain-steps", "2", "--checkpoint-every",
+                "1", "--eval-every", "0", "--outer-batch", "32", "--outer-steps", str(steps),
+                "--quiet"]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: bit-identical across processes
+    subprocess.run(command(tmp_path / "straight"), env=env, check=True, capture_output=True,
+                   timeout=300)
+    killed = tmp_path / "killed"
+    victim = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoint.pt").exists() and victim.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere in the later steps, writes included
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    subprocess.run(command(killed) + ["--resume"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    straight = FarziData.load(tmp_path / "straight" / "farzi.pt")
+    resumed = FarziData.load(killed / "farzi.pt")
+    assert all(torch.equal(a, b) for a, b in zip(straight.meta, resumed.meta))
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().split("\n")
+             if line]
+    assert steps == list(range(1, 9))
