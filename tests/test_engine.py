@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import farzi_fast
-from farzi_fast.engine import meta_gradient, unroll, unrolled_meta_gradient
+from farzi_fast.engine import NonFiniteError, meta_gradient, unroll, unrolled_meta_gradient
 
 from .models import language_problem, mlp, regression_problem, tiny_transformer
 
@@ -434,6 +434,31 @@ def test_non_finite_loss_names_the_step():
         return value * float("nan") if t == 4 else value
 
     with pytest.raises(ValueError, match="non-finite value .* at step 4"):
+        unroll(model, loss, 6, meta=(x, y))
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN gradient backward: a finite loss whose gradient is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("bad_step", [3, 6])  # 6: the last step, whose NaN no loss shows
+def test_non_finite_gradient_names_its_own_step(bad_step):
+    model, loss_fn, _, (x, y) = _simple()
+
+    def loss(f, t, x, y):
+        value = loss_fn(f, t, x, y)
+        return _NanGradient.apply(value) if t == bad_step else value
+
+    with pytest.raises(NonFiniteError, match=f"gradient of loss_fn at step {bad_step} is not "
+                                             f"finite"):
         unroll(model, loss, 6, meta=(x, y))
 
 

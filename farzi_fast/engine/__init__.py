@@ -6,8 +6,8 @@
 """
 
 from .api import DEFAULT_ANCHOR_EVERY, MetaGradient, Trained, meta_gradient, unroll
-from .inner import DriftReport
+from .inner import DriftReport, NonFiniteError
 from .unrolled import unrolled_meta_gradient
 
-__all__ = ["DEFAULT_ANCHOR_EVERY", "DriftReport", "MetaGradient", "Trained", "meta_gradient",
-           "unroll", "unrolled_meta_gradient"]
+__all__ = ["DEFAULT_ANCHOR_EVERY", "DriftReport", "MetaGradient", "NonFiniteError", "Trained",
+           "meta_gradient", "unroll", "unrolled_meta_gradient"]

@@ -75,6 +75,10 @@ class DriftReport:
                 f"corrected {self.max_anchor_drift:.2g} (step {worst})")
 
 
+class NonFiniteError(ValueError):
+    """The inner loop produced a NaN or infinite loss or gradient; names the first step."""
+
+
 @dataclass
 class ForwardState:
     w0: torch.Tensor
@@ -109,6 +113,7 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
     meta = [x.detach() for x in meta]
     anchors, rng_states = {}, []
     losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
+    finite_grads = torch.empty(problem.steps, dtype=torch.bool, device=device)
     h = problem.hyper
     for t in range(1, problem.steps + 1):
         rng_states.append(rng.capture(device))
@@ -126,14 +131,18 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
                 f"BatchNorm-style layers (or track_running_stats=False); the model itself "
                 f"was not modified")
         losses[t - 1] = loss.detach()
+        finite_grads[t - 1] = g.isfinite().all()  # no sync: checked once, after the loop
         problem.kernels.adam_step(w, g.contiguous(), m, v, t, h)
         if problem.is_anchor(t):
             anchors[t] = (w.clone(), m.clone(), v.clone())
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
+    bad = (~(torch.isfinite(losses) & finite_grads)).nonzero()
+    if len(bad):  # the first step that went wrong, not the later ones it poisoned
         t = int(bad[0]) + 1
-        raise ValueError(f"loss_fn returned a non-finite value ({losses[t - 1].item()}) at "
-                         f"step {t}")
+        if not torch.isfinite(losses[t - 1]):
+            raise NonFiniteError(f"loss_fn returned a non-finite value "
+                                 f"({losses[t - 1].item()}) at step {t}")
+        raise NonFiniteError(f"the gradient of loss_fn at step {t} is not finite (the loss, "
+                         f"{losses[t - 1].item():.6g}, is)")
     return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses)
 
 

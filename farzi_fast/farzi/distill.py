@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .._checks import require_int
-from ..engine import unroll
+from ..engine import NonFiniteError, unroll
 from .files import atomic_save, content_digest, safe_load
 from .summary import FarziData
 from .train import hard_loss, soft_loss, train_student
@@ -260,9 +260,13 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         init = pool[int(torch.randint(len(pool), (1,), generator=g))]
         rows = torch.randint(len(train), (min(config.outer_batch, len(train)),), generator=g)
         real = train[rows].to(device)
-        trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
-                         lr=config.inner_lr, init=init, anchor_every=anchor_every,
-                         anchor_head=anchor_head)
+        try:
+            trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
+                             lr=config.inner_lr, init=init, anchor_every=anchor_every,
+                             anchor_head=anchor_head)
+        except NonFiniteError as error:
+            raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
+                                     f"checkpoint was left as it was") from None
         meta_loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
                               padding_id)
         optimizer.zero_grad(set_to_none=True)
