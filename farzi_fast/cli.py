@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,14 +33,32 @@ from .farzi.train import random_subset
 STUDENT_FORMAT = "farzi_fast.student"
 
 
+_SIZE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)", re.ASCII)
+
+
 def _size(text: str) -> tuple[int, int]:
-    try:
-        mu, xi = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must look like 50x150, got {text!r}") from None
-    if mu < 1 or xi < 2:
-        raise argparse.ArgumentTypeError(f"--size needs >= 1 sequences of >= 2 items, got {text}")
+    match = _SIZE.fullmatch(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"--size must look like 50x150 (sequences x length, "
+                                         f"plain digits), got {text!r}")
+    mu, xi = int(match[1]), int(match[2])
+    if xi < 2:
+        raise argparse.ArgumentTypeError(f"--size needs sequences of >= 2 items, got {text}")
     return mu, xi
+
+
+def _count(minimum: int):
+    """An argparse type: a plain decimal integer >= minimum (no signs, underscores or
+    non-ASCII digits, which int() would accept)."""
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[0-9]+", text.strip(), re.ASCII) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got "
+                                             f"{text!r}")
+        return int(text)
+    return parse
+
+
+positive, non_negative = _count(1), _count(0)
 
 
 def _common(parser, defaults: bool = True):
@@ -47,15 +66,15 @@ def _common(parser, defaults: bool = True):
     so that a preset can fill them."""
     parser.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
     parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
-    parser.add_argument("--max-len", type=int, default=None, help="sequence length of students")
+    parser.add_argument("--max-len", type=positive, default=None, help="sequence length of students")
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
                         help="student: the task's causal Transformer (SASRec) or a GRU4Rec")
-    parser.add_argument("--dim", type=int, default=50 if defaults else None)
-    parser.add_argument("--heads", type=int, default=1 if defaults else None)
-    parser.add_argument("--layers", type=int, default=2 if defaults else None)
+    parser.add_argument("--dim", type=positive, default=50 if defaults else None)
+    parser.add_argument("--heads", type=positive, default=1 if defaults else None)
+    parser.add_argument("--layers", type=positive, default=2 if defaults else None)
     parser.add_argument("--dropout", type=float, default=0.2 if defaults else None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative, default=0)
 
 
 def _student_args(args) -> dict:
@@ -81,8 +100,6 @@ def _apply_preset(args) -> None:
     if args.size[1] > args.max_len:
         raise ValueError(f"--size {args.size[0]}x{args.size[1]} holds sequences longer than "
                          f"--max-len {args.max_len}: the students could not read them")
-    if args.eval_every < 0:
-        raise ValueError(f"--eval-every must be >= 0, got {args.eval_every}")
 
 
 def validation_recipe(args) -> Recipe:
@@ -275,22 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "time is in the README); explicit options override it")
     d.add_argument("--out", required=True)
     d.add_argument("--size", type=_size, default=None, help="μxξ, e.g. 50x150")
-    d.add_argument("--latent-dim", type=int, default=None,
+    d.add_argument("--latent-dim", type=non_negative, default=None,
                    help="factorised summary Z·M of this rank; 0: μ×ξ×V logits directly")
-    d.add_argument("--inner-steps", type=int, default=None)
-    d.add_argument("--outer-steps", type=int, default=None)
+    d.add_argument("--inner-steps", type=positive, default=None)
+    d.add_argument("--outer-steps", type=positive, default=None)
     d.add_argument("--inner-lr", type=float, default=None)
     d.add_argument("--outer-lr", type=float, default=None)
-    d.add_argument("--outer-batch", type=int, default=None)
+    d.add_argument("--outer-batch", type=positive, default=None)
     d.add_argument("--teacher-share", type=float, default=None,
                    help="teacher's share of each initial position's distribution (0..1)")
-    d.add_argument("--pretrained-students", type=int, default=None)
-    d.add_argument("--pretrain-steps", type=int, default=None)
-    d.add_argument("--checkpoint-every", type=int, default=10)
-    d.add_argument("--eval-every", type=int, default=None,
+    d.add_argument("--pretrained-students", type=non_negative, default=None)
+    d.add_argument("--pretrain-steps", type=positive, default=None)
+    d.add_argument("--checkpoint-every", type=non_negative, default=10)
+    d.add_argument("--eval-every", type=non_negative, default=None,
                    help="validate the summary every N outer steps and keep the best (0: off, "
                         "the last summary is kept)")
-    d.add_argument("--train-steps", type=int, default=600,
+    d.add_argument("--train-steps", type=positive, default=600,
                    help="most steps of the students that validate the summary")
     d.add_argument("--train-lr", type=float, default=1e-3)
     d.add_argument("--resume", action="store_true")
@@ -303,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(t)
     t.add_argument("--on", choices=["full", "random", "farzi"], default="full")
     t.add_argument("--farzi", default=None)
-    t.add_argument("--count", type=int, default=50, help="rows of the random subset")
-    t.add_argument("--steps", type=int, default=1500,
+    t.add_argument("--count", type=positive, default=50, help="rows of the random subset")
+    t.add_argument("--steps", type=positive, default=1500,
                    help="most training steps; the checkpoint best on validation is kept")
     t.add_argument("--train-lr", type=float, default=1e-3)
     t.add_argument("--out", required=True)

@@ -430,6 +430,18 @@ def test_cli_mistakes_get_one_line_and_exit_2(movielens, data_dir, tmp_path, cap
     assert "weights do not fit" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", [["--size", "+2x+3"], ["--size", "2_0x3"],
+                                    ["--size", "\uff12x3"], ["--checkpoint-every", "-1"],
+                                    ["--eval-every", "-1"], ["--max-len", "0"],
+                                    ["--outer-steps", "1_000"]])
+def test_cli_numbers_are_read_strictly(option, data_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--out",
+             str(tmp_path / "run"), *option])
+    assert exit_.value.code == 2 and option[0] in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_max_len_is_never_silently_replaced(data_dir):
     from farzi_fast.farzi.tasks import load_task
 
