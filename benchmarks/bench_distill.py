@@ -39,6 +39,7 @@ VARIANTS = {
     "default": {},
     "latent8": dict(latent_dim=8),                       # the paper's factorisation, d = 8
     "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
+    "real-init": dict(teacher_share=0.0),                # real sequences, no soft labels
     "no-pretrained": dict(pretrained_students=0),        # inner loops from random inits
 }
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
