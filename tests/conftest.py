@@ -45,3 +45,13 @@ def data_dir():
     if not DATA_DIR.is_dir():
         pytest.skip(f"shared data not found at {DATA_DIR} (set FARZI_FAST_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def movielens():
+    """MovieLens-100K from the shared data, loaded once."""
+    from farzi_fast.data import load_movielens_100k
+
+    if not (DATA_DIR / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"MovieLens-100K not found under {DATA_DIR}")
+    return load_movielens_100k(DATA_DIR)
