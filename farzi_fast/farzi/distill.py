@@ -159,7 +159,7 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
     was_training = teacher.training
     teacher.eval()
     with torch.no_grad():
-        probs = teacher(rows[:, :-1].to(device))[:, -xi:].float().softmax(-1)
+        probs = teacher(rows[:, :-1].to(device))[:, -xi:].softmax(-1)
     teacher.train(was_training)
     items = rows[:, -xi:].to(device)
     padding_id = getattr(teacher, "padding_id", None)
