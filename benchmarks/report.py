@@ -46,7 +46,8 @@ def write_report(result: dict, columns, name: str, out_dir=None, note: str = "")
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         with open(out / f"{name}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+            fields = list(dict.fromkeys(k for row in result["rows"] for k in row))  # all, in order
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(result["rows"])
         (out / f"{name}.md").write_text(text)

@@ -57,3 +57,8 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
     again = bench_distill.run(task, cfg, [0], "default", 2, tmp_path, "t", torch.device("cpu"))
     assert (tmp_path / "t.jsonl").read_text().splitlines() == lines  # nothing redone
     assert again == rows
+    from benchmarks.report import write_report
+
+    write_report(dict(device="cpu", torch="x", rows=rows), bench_distill.COLUMNS(task), "t",
+                 tmp_path)  # rows of different keys (baselines, summaries) in one CSV
+    assert "distill_min" in (tmp_path / "t.csv").read_text().splitlines()[0]
