@@ -73,7 +73,7 @@ def student_factory(task, cfg, arch, device):
 
 
 def evaluate_source(results, task, cfg, source, data, tokens, device, seed=0, **extra):
-    for arch in EVAL_STUDENTS:
+    for arch in cfg.get("eval_students", EVAL_STUDENTS):
         if results.has(source=source, arch=arch, seed=seed):
             continue
         start = time.perf_counter()
@@ -116,7 +116,8 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     label = variant if cfg["outer_steps"] == default_steps else \
         f"{variant}, {cfg['outer_steps']} outer steps"
     name = "FarziData" if label == "default" else f"FarziData [{label}]"
-    if results.has(source=name, seed=seed, arch="gru"):
+    if all(results.has(source=name, seed=seed, arch=a)
+           for a in cfg.get("eval_students", EVAL_STUDENTS)):
         return
     settings = {k: cfg[k] for k in DISTILL_KEYS} | {
         k: v for k, v in VARIANTS[variant].items() if k in DISTILL_KEYS or k == "init"}
@@ -192,6 +193,8 @@ def main(argv=None):
     parser.add_argument("--outer-steps", type=int, default=None,
                         help="override the preset's (ablations at a shorter budget)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS),
+                        default=sorted(EVAL_STUDENTS), help="evaluation students")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -199,6 +202,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     cfg = preset(args.dataset, args.preset)
     default_steps = cfg["outer_steps"]
+    cfg["eval_students"] = args.students
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps
     task = load_task(args.dataset, args.data, cfg["max_len"])
