@@ -40,6 +40,7 @@ VARIANTS = {
     "latent8": dict(latent_dim=8),                       # the paper's factorisation, d = 8
     "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
     "real-init": dict(teacher_share=0.0),                # real sequences, no soft labels
+    "outer-lr-0.1": dict(outer_lr=0.1),                  # 10x larger outer steps
     "no-pretrained": dict(pretrained_students=0),        # inner loops from random inits
 }
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
