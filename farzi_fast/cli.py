@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distill a data set into a FarziData summary",
                        formatter_class=helpful)
+    # argparse takes "-3x4" for an option unless it looks like a negative number to it: let
+    # it reach --size's own check, which names the problem.
+    d._negative_number_matcher = re.compile(r"^-\d+(\.\d*)?$|^-\d+x\d+$")
     _common(d, defaults=False)
     d.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
                    help="cpu: 50x20, < 30 min on 2 cores; paper: the paper's sizes (its CPU "

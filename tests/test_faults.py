@@ -105,9 +105,10 @@ def test_distill_resume_refuses_other_data_students_and_impossible_states(moviel
     tampered = [dict(good, step=-5), dict(good, step="five"), dict(good, step=10 ** 6),
                 dict(good, summary=[good["summary"][0][:1], good["summary"][1]]),
                 dict(good, summary=[good["summary"][0] * float("nan"), good["summary"][1]]),
-                dict(good, history=[1.0])]
+                dict(good, history=[1.0]), {k: v for k, v in good.items() if k != "pool"}]
     for state, message in zip(tampered, ["step must be", "step must be", "beyond outer_steps",
-                                         "summary must be", "summary must be", "history"]):
+                                         "summary must be", "summary must be", "history",
+                                         "missing or malformed parts \\['pool'\\]"]):
         atomic_save(state, checkpoint)  # edited with a valid digest: the values still count
         with pytest.raises(ValueError, match=message):
             distill(tiny_student(movielens), train, outer_steps=3, **resume)
@@ -169,7 +170,7 @@ def test_cli_mistakes_get_one_line_and_exit_2(movielens, data_dir, tmp_path, cap
     assert "weights do not fit" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--size", "+2x+3"], ["--size", "2_0x3"],
+@pytest.mark.parametrize("option", [["--size", "+2x+3"], ["--size", "2_0x3"], ["--size", "-3x4"],
                                     ["--size", "\uff12x3"], ["--checkpoint-every", "-1"],
                                     ["--eval-every", "-1"], ["--max-len", "0"],
                                     ["--outer-steps", "1_000"]])

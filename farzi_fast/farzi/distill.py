@@ -338,6 +338,12 @@ def _load_checkpoint(path, config: DistillConfig, identity: dict, vocab: int):
         saved_identity = state.get("identity")
         if not isinstance(saved_identity, dict) or saved_identity.get(key) != identity[key]:
             raise ValueError(f"refusing to resume {path}: it was written for another {what}")
+    parts = {"summary": list, "optimizer": dict, "best": dict, "sampler_rng": torch.Tensor,
+             "torch_rng": torch.Tensor, "history": list, "pool": list}
+    missing = [k for k, kind in parts.items() if not isinstance(state.get(k), kind)]
+    if missing or not isinstance(state["best"].get("summary", []), (list, type(None))):
+        raise ValueError(f"{path}: missing or malformed parts {missing or ['best']}; it was "
+                         f"not written by this version of distill()")
     step = state.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step:
         raise ValueError(f"{path}: step must be a positive int, got {step!r}")
