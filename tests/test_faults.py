@@ -170,8 +170,9 @@ def test_cli_mistakes_get_one_line_and_exit_2(movielens, data_dir, tmp_path, cap
     assert "weights do not fit" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--size", "+2x+3"], ["--size", "2_0x3"], ["--size", "-3x4"],
-                                    ["--size", "\uff12x3"], ["--checkpoint-every", "-1"],
+@pytest.mark.parametrize("option", [["--size", "+2x+3"], ["--size", "2_0x3"],
+                                    ["--size", "-3x4"], ["--size", "\uff12x3"],
+                                    ["--checkpoint-every", "-1"],
                                     ["--eval-every", "-1"], ["--max-len", "0"],
                                     ["--outer-steps", "1_000"]])
 def test_cli_numbers_are_read_strictly(option, data_dir, tmp_path, capsys):
