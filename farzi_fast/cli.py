@@ -1,13 +1,15 @@
 """The `farzi-fast` command line: distill, train, evaluate.
 
-    farzi-fast distill  --dataset ml-100k --data ../shared/data --out runs/ml --size 50x20
-    farzi-fast train    --dataset ml-100k --data ../shared/data --on farzi --farzi runs/ml/farzi.pt --out runs/ml/student.pt
+    farzi-fast distill  --dataset ml-100k --data ../shared/data --out runs/ml   # --preset cpu
+    farzi-fast train    --dataset ml-100k --data ../shared/data --max-len 50 --on farzi \
+                        --farzi runs/ml/farzi.pt --out runs/ml/student.pt
     farzi-fast evaluate --dataset ml-100k --data ../shared/data --student runs/ml/student.pt
 
-A distill run writes into --out: config.json, log.jsonl (one JSON line per outer step, with
-the validation metric where measured), checkpoint.pt (atomic, every --checkpoint-every
-steps), farzi.pt (the summary, the best on validation) and distill.png. `--resume` continues a killed run exactly
-where its last checkpoint left it, and refuses a different configuration.
+A distill run writes into --out: config.json, log.jsonl (one JSON line per outer step with
+its meta-loss; one per validation with the metric and the summary's entropy), checkpoint.pt
+(atomic, every --checkpoint-every steps), farzi.pt (the summary, the best on validation) and
+distill.png. `--resume` continues a killed run exactly where its last checkpoint left it, and
+refuses a different configuration.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _common(parser, defaults: bool = True):
     so that a preset can fill them."""
     parser.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
     parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
-    parser.add_argument("--max-len", type=positive, default=None, help="sequence length of students")
+    parser.add_argument("--max-len", type=positive, default=None,
+                        help="sequence length of students")
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
                         help="student: the task's causal Transformer (SASRec) or a GRU4Rec")
     parser.add_argument("--dim", type=positive, default=50 if defaults else None)

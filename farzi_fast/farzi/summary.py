@@ -52,7 +52,8 @@ class FarziData(nn.Module):
         exact logits when unfactorised; otherwise (Z, M) fitted by `fit_steps` Adam steps
         on the cross-entropy to `probs` (a factorised summary cannot hold every target)."""
         if probs.dim() != 3 or not probs.is_floating_point():
-            raise ValueError(f"probs must be a float tensor μ × ξ × V, got {tuple(probs.shape)}")
+            raise ValueError(f"probs must be a float tensor μ × ξ × V, got "
+                             f"{tuple(probs.shape)}")
         data = cls(*probs.shape, latent_dim, temperature, generator).to(probs.device)
         with torch.no_grad():
             if latent_dim is None:
