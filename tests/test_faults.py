@@ -49,9 +49,10 @@ def test_farzi_data_refuses_corrupt_foreign_and_code_files(tmp_path):
     with pytest.raises(ValueError, match="not a FarziData file"):
         FarziData.load(tmp_path / "foreign.pt")
     torch.save(Exploit(), tmp_path / "code.pt")  # unpickling would call os.system
-    with pytest.raises(ValueError, match="not a readable FarziData"):
+    with pytest.raises(ValueError, match="not a readable FarziData.*not trusted data") as error:
         FarziData.load(tmp_path / "code.pt")
     assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(error.value)  # no advice to load it unsafely
 
 
 def test_saved_files_detect_flipped_bytes_and_tampering(tmp_path):
@@ -141,11 +142,19 @@ def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(movielens, data_
     log.write_text(log.read_text() + '{"step": 3, "meta_l')  # killed mid-write
     relative = ["--data", str(data_dir)]  # the same folder spelled without the slash
     assert cli(args[:3] + relative + args[5:] + ["--outer-steps", "3", "--resume"]) == 0
-    assert [e["step"] for e in map(json.loads, log.read_text().splitlines())] == [1, 2, 3]
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["step"] for e in entries] == [1, 2, 3]
+    assert entries[2]["seconds"] >= entries[1]["seconds"]  # time counts across the resume
     log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     capsys.readouterr()
     assert cli(args + ["--outer-steps", "4", "--resume"]) == 2
     assert f"{log}:2 is not a JSON line" in capsys.readouterr().err
+
+
+def test_cli_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli(["distill", "--help"])
+    assert "(default: 600)" in capsys.readouterr().out  # --train-steps
 
 
 def test_cli_mistakes_get_one_line_and_exit_2(movielens, data_dir, tmp_path, capsys):

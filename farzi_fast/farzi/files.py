@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -72,7 +73,14 @@ def safe_load(path, what: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as error:  # corrupted, truncated, empty, foreign or pickled-code files
+    except pickle.UnpicklingError as error:  # torch's advice here is to load it unsafely: no
+        if "Weights only load failed" in str(error):
+            raise ValueError(f"{path} is not a readable {what} file: it holds objects other "
+                             f"than tensors and plain containers, which could run code when "
+                             f"loaded; it is not trusted data and was not loaded") from None
+        raise ValueError(f"{path} is not a readable {what} file (damaged: "
+                         f"{str(error).strip()[:160]})") from None
+    except Exception as error:  # corrupted, truncated, empty or foreign files
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise ValueError(f"{path} is not a readable {what} file (not trusted data, or damaged: "
                          f"{type(error).__name__}: {lines[0][:160]})") from None
