@@ -243,3 +243,27 @@ def test_kill_9_then_resume_gives_the_uninterrupted_summary(data_dir, tmp_path):
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().split("\n")
              if line]
     assert steps == list(range(1, 9))
+
+
+class _NanSecondOrder(torch.autograd.Function):
+    """Identity with a finite gradient whose own derivative is NaN (sqrt at 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (1 + (x * 0).sqrt())
+
+
+def test_a_nan_meta_gradient_never_reaches_the_summary(movielens):
+    student = tiny_student(movielens)
+    student.register_forward_hook(lambda module, args, out: _NanSecondOrder.apply(out))
+    seen = []
+    with pytest.raises(FloatingPointError, match="meta-gradient at outer step 1 is not finite"):
+        distill(student, movielens.train_batch(12), outer_steps=2,
+                callback=lambda *a: seen.append(a), **DISTILL)
+    assert seen == []  # no outer step completed with a corrupted summary

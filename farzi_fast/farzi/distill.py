@@ -275,6 +275,10 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         if not math.isfinite(value):
             raise FloatingPointError(f"meta-loss is {value} at outer step {step}; the last "
                                      f"checkpoint was left as it was")
+        if not all(bool(p.grad.isfinite().all()) for p in farzi.meta if p.grad is not None):
+            raise FloatingPointError(f"the meta-gradient at outer step {step} is not finite "
+                                     f"(the meta-loss, {value:.6g}, is); the summary was not "
+                                     f"updated and the last checkpoint was left as it was")
         optimizer.step()
         history.append(value)
         if validate is not None and validate_every and (step % validate_every == 0 or
