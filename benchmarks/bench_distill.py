@@ -154,7 +154,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
                     seed=seed, **extra)
 
 
-def table(results, task, cfg) -> list[dict]:
+def table(results, task) -> list[dict]:
     metric = task.metric
     groups = {}
     for r in results.rows:
@@ -237,7 +237,7 @@ def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
     for seed in seeds:
         farzi_run(results, task, cfg, device, seed, variant, out,
                   default_steps or cfg["outer_steps"])
-    return table(results, task, cfg)
+    return table(results, task)
 
 if __name__ == "__main__":
     main()

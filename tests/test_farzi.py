@@ -246,7 +246,7 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
         teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
 
 
-def test_summary_from_distributions(movielens):
+def test_summary_from_distributions():
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(3, 5, 11, generator=g).pow(4)
     probs /= probs.sum(-1, keepdim=True)

@@ -130,8 +130,7 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
         assert not (tmp_path / "run").exists()
 
 
-def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(movielens, data_dir, tmp_path,
-                                                               capsys):
+def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["distill", "--dataset", "ml-100k", "--data", str(data_dir) + "/", "--max-len", "12",
             "--dim", "16", "--layers", "1", "--out", str(out), "--size", "4x6",
@@ -157,7 +156,7 @@ def test_cli_help_shows_the_defaults(capsys):
     assert "(default: 600)" in capsys.readouterr().out  # --train-steps
 
 
-def test_cli_mistakes_get_one_line_and_exit_2(movielens, data_dir, tmp_path, capsys):
+def test_cli_mistakes_get_one_line_and_exit_2(data_dir, tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     common = ["--dataset", "ml-100k", "--data", str(data_dir)]
     assert cli(["distill", *common, "--out", str(tmp_path / "afile")]) == 2
