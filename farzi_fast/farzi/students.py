@@ -14,6 +14,19 @@ from torch import nn
 from .._checks import require_int
 
 
+def check_inputs(x: torch.Tensor, vocab_size: int, max_len: int) -> None:
+    """What every student accepts: hard ids (long, batch × seq) or soft inputs (float,
+    batch × seq × vocab_size), at most max_len positions."""
+    if x.is_floating_point():
+        if x.dim() != 3 or x.shape[-1] != vocab_size:
+            raise ValueError(f"soft inputs must be batch x seq x {vocab_size}, got "
+                             f"{tuple(x.shape)}")
+    elif x.dim() != 2:
+        raise ValueError(f"hard inputs must be batch x seq ids, got {tuple(x.shape)}")
+    if x.shape[1] > max_len:
+        raise ValueError(f"sequences of {x.shape[1]} exceed max_len={max_len}")
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -77,21 +90,15 @@ class CausalTransformer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_inputs(x, self.vocab_size, self.max_len)
         key_padding = None
         if x.is_floating_point():
-            if x.dim() != 3 or x.shape[-1] != self.vocab_size:
-                raise ValueError(f"soft inputs must be batch x seq x {self.vocab_size}, got "
-                                 f"{tuple(x.shape)}")
             h = x @ self.embed
         else:
-            if x.dim() != 2:
-                raise ValueError(f"hard inputs must be batch x seq ids, got {tuple(x.shape)}")
             h = self.embed[x]
             if self.padding_id is not None:
                 key_padding = x == self.padding_id
                 h = h.masked_fill(key_padding[..., None], 0.0)
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequences of {x.shape[1]} exceed max_len={self.max_len}")
         h = self.drop(h + self.pos[: x.shape[1]])
         for block in self.blocks:
             h = block(h, key_padding)
@@ -135,18 +142,9 @@ class GRU4Rec(nn.Module):
         self.out = nn.Linear(dim, vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequences of {x.shape[1]} exceed max_len={self.max_len}")
-        if x.is_floating_point():
-            if x.dim() != 3 or x.shape[-1] != self.vocab_size:
-                raise ValueError(f"soft inputs must be batch x seq x {self.vocab_size}, got "
-                                 f"{tuple(x.shape)}")
-            h, _ = self.gru(self.drop(x @ self.embed))
-            return self.out(self.drop(h))
-        if x.dim() != 2:
-            raise ValueError(f"hard inputs must be batch x seq ids, got {tuple(x.shape)}")
-        if self.padding_id is None:
-            h, _ = self.gru(self.drop(self.embed[x]))
+        check_inputs(x, self.vocab_size, self.max_len)
+        if x.is_floating_point() or self.padding_id is None:
+            h, _ = self.gru(self.drop(x @ self.embed if x.is_floating_point() else self.embed[x]))
             return self.out(self.drop(h))
         # left-padded rows -> left-aligned, packed by length, then back to their positions
         s = x.shape[1]
