@@ -1,14 +1,19 @@
-"""Inner/outer problems the engine benchmarks share: a small MLP on regression data and a
-small causal Transformer LM trained on soft synthetic sequences (the Farzi setting)."""
+"""Inner/outer problems the engine benchmarks share: a small MLP on regression data, a small
+causal Transformer LM trained on soft synthetic sequences, and the distillation workloads
+themselves (the cpu presets' students and summaries on MovieLens-100K and Penn Treebank)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from farzi_fast.farzi.presets import preset
 from farzi_fast.farzi.students import transformer_lm
+from farzi_fast.farzi.tasks import load_task
+from farzi_fast.farzi.train import hard_loss, soft_loss
 
 
 @dataclass
@@ -97,4 +102,36 @@ def tiny_mlp_problem(dtype=torch.float32, train=True, widen=False, device="cpu")
     return model, Problem(loss_fn, outer_fn, (x,), 1e-2)
 
 
+def distill_problem(dataset, dtype=torch.float32, train=False, widen=False, device="cpu",
+                    data=None):
+    """One outer step of `farzi-fast distill --preset cpu`: the preset's student (dropout 0,
+    so float32 and float64 runs see the same model) trained on a μ × ξ summary of direct
+    logits drawn N(0, 1), meta = those logits; outer = the real-data loss on 128 training
+    rows. MovieLens-100K: SASRec dim 50 over 1683 items, 50 × 20; PTB: LM dim 64 over 10,000
+    words, 50 × 20. Data from `data` or FARZI_FAST_DATA (never downloaded)."""
+    config = preset(dataset, "cpu")
+    task = load_task(dataset, data, max_len=config["max_len"])
+    torch.manual_seed(0)
+    model = task.student(dim=config["dim"], heads=config["heads"], layers=config["layers"],
+                         dropout=0.0)
+    model = _finish(model, dtype, widen, device, train)
+    g = torch.Generator().manual_seed(1)
+    vocab = model.vocab_size
+    logits = _data(g, dtype, widen, device, *config["size"], vocab).requires_grad_()
+    rows = task.train_rows()
+    real = rows[torch.randperm(len(rows), generator=g)[:128]].to(device)
+    padding_id = getattr(model, "padding_id", None)
+
+    def loss_fn(f, t, logits):
+        return soft_loss(f, logits.softmax(-1))
+
+    def outer_fn(f):
+        return hard_loss(f, real, padding_id)
+
+    return model, Problem(loss_fn, outer_fn, (logits,), config["inner_lr"])
+
+
 PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}
+# The workload the engine exists for (issue 13), kept apart: they read the shared data.
+WORKLOADS = {"SASRec distill (ML-100K)": functools.partial(distill_problem, "ml-100k"),
+             "LM distill (PTB)": functools.partial(distill_problem, "ptb")}

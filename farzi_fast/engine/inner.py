@@ -192,6 +192,13 @@ def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: Drift
     if exact is not None:
         report.anchors[t - 1] = {"w": _relative(w, exact[0])}
         w.copy_(exact[0])
+    if t == 1:
+        # w0 is known exactly (kept for this report) and m0 = v0 = 0. Step 1 needs it most:
+        # its update is nearly lr * sign(g), so g_bar = dF/dg is a cancellation that turns a
+        # 1e-8 relative error in a reconstructed w0 into a 2e-2 error of the float32
+        # meta-gradient on the SASRec workload (benchmarks/NOTES.md, "workload").
+        report.w0 = _relative(w, state.w0)
+        w.copy_(state.w0)
     rng.restore(state.rng_states[t - 1], device)
     with torch.enable_grad():
         # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
@@ -334,7 +341,6 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
         else:
             for graph in graphs:
                 adjoints.step(graph)
-    report.w0 = _relative(state.w, state.w0)
     return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
                          adjoints.finish(), report)
 
