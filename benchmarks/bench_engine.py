@@ -7,13 +7,17 @@ Time: the methods take turns, one run each per round, and each reports its media
 rounds, so a slow spell of the machine (shared CPU VMs drift by tens of percent over a
 minute) falls on every method alike rather than on whichever ran then.
 
+Students: two small ones, a wide MLP, and the distillation workloads (the cpu presets' SASRec
+and PTB LM outer steps; they read the shared data from --data or FARZI_FAST_DATA; a T at
+which unrolled autograd would not fit in memory is skipped, students.unrolled_fits). TorchOpt's MetaAdam is a second baseline when torchopt is installed.
+
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the allocation before the run;
 on the CPU, each point runs in a fresh process and reports its peak resident set above the
 resident set after a 2-step warm-up run (glibc's mmap threshold fixed, so freed blocks are
 returned rather than fragmenting the heap).
 
     python -m benchmarks.bench_engine [--steps 10,50,100,200,500] [--rounds 5] [--students ...]
-                                      [--device cuda] [--out DIR]
+                                      [--device cuda] [--data DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ import torch
 from farzi_fast import ops
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
+from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient
 from .report import write_report
-from .students import PROBLEMS, mlp_problem
+from .students import PROBLEMS, WORKLOADS, mlp_problem, unrolled_fits
 from .timing import device_name, interleaved_medians, peak_resident_mb, resident_mb, sync
 
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
 # on which the Adam math is a large share of a step: what the fused kernels can speed up is
 # that share (benchmarks/NOTES.md, "engine").
-STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512)}
+STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512), **WORKLOADS}
 
 
 def make_runner(problem_name: str, device: torch.device):
@@ -47,6 +52,9 @@ def make_runner(problem_name: str, device: torch.device):
     def run(method: str, steps: int):
         if method == "unrolled autograd":
             return unrolled_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
+                                          meta=problem.meta, lr=problem.lr)
+        if method == TORCHOPT:
+            return torchopt_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
                                           meta=problem.meta, lr=problem.lr)
         backend = method.removeprefix("engine[").removesuffix("]")  # "engine[cpu]" -> "cpu"
         return meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
@@ -91,10 +99,15 @@ def _peak_in_subprocess(problem_name: str, method: str, steps: int) -> float:
 
 def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS)) -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
-    methods = ["unrolled autograd", "engine[torch]", f"engine[{fused}]"]
+    methods = ["unrolled autograd", *([TORCHOPT] if torchopt else []), "engine[torch]",
+               f"engine[{fused}]"]
     rows = []
     for problem_name in students:
         for steps in steps_list:
+            if not unrolled_fits(problem_name, steps):
+                print(f"{problem_name} T={steps}: skipped (unrolled autograd would need more "
+                      f"memory than the benchmark machine has)", file=sys.stderr)
+                continue
             seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds)
             peaks = {method: peak_mb(problem_name, method, steps, device)
                      if device.type == "cuda" else _peak_in_subprocess(problem_name, method, steps)
@@ -124,9 +137,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--students", default=",".join(STUDENTS),
                         help=f"comma-separated subset of: {', '.join(STUDENTS)}")
+    parser.add_argument("--data", default=None,
+                        help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
+    if args.data:  # through the environment, so the memory subprocesses see it too
+        os.environ["FARZI_FAST_DATA"] = args.data
     if args.one:
         name, method, steps = json.loads(args.one)
         print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"))))

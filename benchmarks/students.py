@@ -135,3 +135,13 @@ PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}
 # The workload the engine exists for (issue 13), kept apart: they read the shared data.
 WORKLOADS = {"SASRec distill (ML-100K)": functools.partial(distill_problem, "ml-100k"),
              "LM distill (PTB)": functools.partial(distill_problem, "ptb")}
+# Unrolled autograd, the baseline, keeps every step: MB per step in float32 (measured on the
+# CPU, benchmarks/results/.../engine.md); twice that in float64.
+UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 300}
+MEMORY_BUDGET_MB = 12_000  # half of the 24 GB benchmark machine
+
+
+def unrolled_fits(problem_name: str, steps: int, dtype=torch.float32) -> bool:
+    """Whether unrolled autograd on `problem_name` for `steps` steps fits the memory budget."""
+    per_step = UNROLLED_MB_PER_STEP.get(problem_name, 0) * (dtype.itemsize // 4)
+    return steps * per_step <= MEMORY_BUDGET_MB

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from benchmarks import bench_engine, bench_kernels
+from benchmarks import baselines, bench_engine, bench_kernels
 from benchmarks.report import parse_size, write_report
 
 
@@ -25,7 +25,8 @@ def test_kernel_benchmark_quick_run_writes_reports(tmp_path):
 def test_engine_benchmark_quick_run():
     result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"])
     methods = {row["method"] for row in result["rows"]}
-    assert methods == {"unrolled autograd", "engine[torch]", "engine[cpu]"}
+    optional = {baselines.TORCHOPT} if baselines.torchopt else set()  # where installed
+    assert methods == {"unrolled autograd", "engine[torch]", "engine[cpu]"} | optional
     for row in result["rows"]:
         assert row["seconds"] > 0 and math.isfinite(row["peak_mb"])
         assert (row["time_vs_unrolled"] == 1) == (row["method"] == "unrolled autograd")

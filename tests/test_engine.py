@@ -293,7 +293,7 @@ def test_float32_distillation_workload_as_accurate_as_unrolled_autograd(backend,
     exact = run(unrolled_meta_gradient, widen=True)
     floor = rel(run(unrolled_meta_gradient, widen=False).meta_grads[0], exact.meta_grads[0])
     engine = run(meta_gradient, widen=False)
-    assert rel(engine.meta_grads[0], exact.meta_grads[0]) < 1.1 * floor
+    assert rel(engine.meta_grads[0], exact.meta_grads[0]) < 1.25 * floor
     assert engine.report.w0 < 1e-6  # still measured before w0 is restored
 
 
@@ -302,7 +302,7 @@ def overlap(monkeypatch):
     """set(flag): force the reverse pass's two halves onto two threads, or onto one."""
     from farzi_fast.engine import inner
 
-    return lambda flag: monkeypatch.setattr(inner, "overlaps", lambda problem: flag)
+    return lambda flag: monkeypatch.setattr(inner, "overlaps", lambda problem, state: flag)
 
 
 def test_overlapped_reverse_pass_equals_the_sequential_one_bit_for_bit(overlap):
@@ -326,6 +326,28 @@ def test_overlapped_reverse_pass_equals_the_sequential_one_bit_for_bit(overlap):
     for name, grad in sequential.init_grads.items():
         assert torch.equal(grad, overlapped.init_grads[name]), name
     assert sequential.report == overlapped.report
+
+
+@pytest.mark.parametrize("width, overlapped", [(16, True), (512, False)])
+def test_reverse_pass_overlaps_only_small_steps(monkeypatch, width, overlapped):
+    """With two threads, a step of a few kFLOP overlaps its halves; one of 800 MFLOP (a
+    512-wide layer on 512 rows) uses both threads in turn (inner.OVERLAP_MAX_STEP_FLOPS)."""
+    from farzi_fast.engine import inner
+
+    calls = []
+    real = inner._overlapped
+    monkeypatch.setattr(inner, "_overlapped", lambda *a: calls.append(1) or real(*a))
+    model = nn.Linear(width, width)
+    x = torch.randn(512, width, requires_grad=True)
+    loss_fn = lambda f, t, x: f(x).pow(2).mean()  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = meta_gradient(model, loss_fn, lambda f: f(x.detach()).sum(), 2, meta=(x,))
+    finally:
+        torch.set_num_threads(threads)
+    assert bool(calls) == overlapped
+    assert torch.isfinite(got.meta_grads[0]).all()
 
 
 def test_concurrent_reverse_passes_restore_torch_threads():

@@ -146,8 +146,10 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     (default 25). ``anchor_every=steps, anchor_head=0`` is pure reversal (the paper's scheme,
     O(1) memory, exact only in float64 and for short loops).
 
-    On a CPU with two or more torch threads the reverse pass overlaps its two halves on two
-    threads, each with half of torch's intra-op threads while it runs (restored after).
+    On a CPU with two or more torch threads, when a step is small (step 1's loss and
+    gradient under 200 MFLOP, counted by torch's FlopCounterMode), the reverse pass overlaps
+    its two halves on two threads, each with half of torch's intra-op threads while it runs
+    (restored after); larger steps use all threads in turn, which is faster for them.
     Calls on one model object from several threads at once are not supported
     (functional_call swaps the module's tensors while it runs).
     """

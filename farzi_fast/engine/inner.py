@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..ops.hyper import AdamHyper
 from . import rng
@@ -88,6 +89,7 @@ class ForwardState:
     anchors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     rng_states: list
     inner_losses: torch.Tensor  # one per step, detached
+    step_flops: int | None = None  # of step 1's loss and gradient, when counted (`overlaps`)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -115,9 +117,10 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
     losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
     finite_grads = torch.empty(problem.steps, dtype=torch.bool, device=device)
     h = problem.hyper
+    counter = FlopCounterMode(display=False) if may_overlap(problem) else None
     for t in range(1, problem.steps + 1):
         rng_states.append(rng.capture(device))
-        with torch.enable_grad():
+        with torch.enable_grad(), (counter if t == 1 and counter else contextlib.nullcontext()):
             leaf = w.detach().requires_grad_()
             loss = _inner_loss(problem, leaf, t, meta)
             (g,) = torch.autograd.grad(loss, leaf)
@@ -143,7 +146,8 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
                                  f"({losses[t - 1].item()}) at step {t}")
         raise NonFiniteError(f"the gradient of loss_fn at step {t} is not finite (the loss, "
                          f"{losses[t - 1].item():.6g}, is)")
-    return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses)
+    return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses,
+                        counter.get_total_flops() if counter else None)
 
 
 @dataclass
@@ -282,10 +286,28 @@ def _overlapped(items, consume) -> None:
         raise failure[0]
 
 
-def overlaps(problem: InnerProblem) -> bool:
-    """Whether the reverse pass runs its two halves on two threads: on CPUs with at least two
-    threads for torch. Not yet on GPUs: unmeasured there."""
+# Overlapping gives each half of the reverse pass half of torch's intra-op threads. That
+# pays while a step's ops are too small for two threads to share them, and costs once they
+# are large enough to use both cores. Measured on 2 cores at T = 50-100 (benchmarks/NOTES.md,
+# "workload"), time / unrolled autograd overlapped vs sequential: small causal Transformer
+# (23 MFLOP per step) 0.86 vs 1.12; SASRec distillation workload (1.2 GFLOP) 1.39 vs 1.12.
+# The cut is between them; steps are counted by torch's FlopCounterMode (matmuls,
+# convolutions, attention), deterministically, so a given problem always takes the same path.
+OVERLAP_MAX_STEP_FLOPS = 200e6
+
+
+def may_overlap(problem: InnerProblem) -> bool:
+    """Whether the reverse pass could overlap its halves here: on CPUs with at least two
+    threads for torch. Not yet on GPUs: unmeasured there, and both threads' CUDA work would
+    share one stream."""
     return problem.layout.device.type == "cpu" and torch.get_num_threads() >= 2
+
+
+def overlaps(problem: InnerProblem, state: ForwardState) -> bool:
+    """Whether the reverse pass runs its two halves on two threads: where it may, and when
+    step 1's loss and gradient took fewer than OVERLAP_MAX_STEP_FLOPS."""
+    return (may_overlap(problem) and state.step_flops is not None
+            and state.step_flops < OVERLAP_MAX_STEP_FLOPS)
 
 
 class _CoresSplit:
@@ -335,7 +357,7 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
     adjoints = _Adjoints(problem, w_bar, wanted)
     with rng.preserved(device):
         graphs = _primal_steps(problem, state, meta, report)
-        if overlaps(problem):
+        if overlaps(problem, state):
             with _cores_split_between_two_threads():
                 _overlapped(graphs, adjoints.step)
         else:

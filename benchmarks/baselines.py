@@ -1,0 +1,34 @@
+"""TorchOpt's differentiable Adam (MetaAdam), the library a user with memory to spare would
+pick, as a second baseline beside unrolled autograd. Optional: absent when torchopt is not
+installed (`pip install torchopt`; not a dependency of the package)."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import torch
+
+try:
+    import torchopt
+except ImportError:  # the benchmarks then leave TorchOpt's rows out
+    torchopt = None
+
+TORCHOPT = "TorchOpt MetaAdam"
+
+
+def torchopt_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3):
+    """dF/dmeta through `steps` MetaAdam steps on a copy of `model` (same contract as the
+    engine's loss_fn(f, t, *meta) / outer_fn(f)); returns .value and .meta_grads."""
+    net = copy.deepcopy(model)
+    optimizer = torchopt.MetaAdam(net, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    wanted = [x for x in meta if x.requires_grad]
+    with torch.enable_grad():
+        for t in range(1, steps + 1):
+            optimizer.step(loss_fn(net, t, *meta))
+        value = outer_fn(net)
+        grads = torch.autograd.grad(value, wanted, allow_unused=True)
+    grads = iter(grads)
+    return SimpleNamespace(value=value.detach(),
+                           meta_grads=tuple(next(grads) if x.requires_grad else None
+                                            for x in meta))
