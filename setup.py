@@ -72,6 +72,8 @@ BUILD_CUDA = BUILD_EXTENSIONS and not _flag("FARZI_FAST_NO_CUDA") and _find_nvcc
 ext_modules = []
 if BUILD_EXTENSIONS:
     ext_modules.append(CMakeExtension("farzi_fast._C", target="_C"))
+    # the CUDA kernels emulated on the host, for the tests (csrc/emulation)
+    ext_modules.append(CMakeExtension("farzi_fast._C_cuda_emu", target="_C_cuda_emu"))
 if BUILD_CUDA:
     ext_modules.append(CMakeExtension("farzi_fast._C_cuda", target="_C_cuda"))
 

@@ -15,8 +15,12 @@ from farzi_fast.ops.dispatch import triton_interpreting  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("FARZI_FAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-# The compiled backends on the devices they serve; the interpreter also runs Triton on the CPU.
-BACKEND_DEVICES = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda"), ("triton", "cpu")]
+# The compiled backends on the devices they serve; the interpreter also runs Triton on the CPU,
+# and the CUDA kernels run on the CPU compiled for the host (tests/emulated_cuda.py), with the
+# grids of an H100 and of a small GPU.
+EMULATED = {"cuda-emulated-h100": "h100", "cuda-emulated-small": "small"}
+BACKEND_DEVICES = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda"), ("triton", "cpu"),
+                   *((name, "cpu") for name in EMULATED)]
 
 
 def backend_params():
@@ -28,9 +32,19 @@ def backend_params():
 
 
 @pytest.fixture(params=backend_params())
-def backend_device(request):
-    """(backend, device) pairs; skipped with the reason when this machine lacks them."""
+def backend_device(request, monkeypatch):
+    """(backend, device) pairs; skipped with the reason when this machine lacks them. An
+    emulated CUDA backend is served to farzi_fast.ops under its test-only name."""
     backend, device = request.param
+    if backend in EMULATED:
+        from farzi_fast import ops
+
+        from .emulated_cuda import backend as emulated
+
+        launchers, resolve = emulated(EMULATED[backend]), ops.resolve
+        monkeypatch.setattr(ops, "resolve", lambda name, dev: launchers if name == backend
+                            else resolve(name, dev))
+        return backend, torch.device(device)
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
     if device == "cpu" and backend == "triton" and not triton_interpreting():

@@ -12,6 +12,42 @@ from .hyper import AdamHyper
 _PARTIALS_CAPACITY = 4096
 
 
+class CudaLaunchers:
+    """The three ops over a compiled module of csrc/cuda_kernels.cu: farzi_fast._C_cuda on a
+    GPU, or farzi_fast._C_cuda_emu (the same kernels compiled for the host, which the tests
+    run on CPU tensors with stream 0 and no device context)."""
+
+    def __init__(self, module, stream, device_context):
+        self._module, self._stream, self._device = module, stream, device_context
+
+    def adam_step(self, w, g, m, v, step: int, hyper: AdamHyper) -> None:
+        with self._device(w.device):
+            self._module().adam_step(w.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(),
+                                     w.numel(), w.dtype == torch.float64, hyper.lr,
+                                     hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay,
+                                     step, self._stream(w))
+
+    def adam_reverse_params(self, w, m, v, w_bar, m_bar, v_bar, hvp, step: int,
+                            hyper: AdamHyper) -> torch.Tensor:
+        partials = torch.empty(_PARTIALS_CAPACITY, dtype=torch.float64, device=w.device)
+        lr_grad = torch.empty((), dtype=torch.float64, device=w.device)
+        with self._device(w.device):
+            self._module().adam_reverse_params(
+                w.data_ptr(), m.data_ptr(), v.data_ptr(), w_bar.data_ptr(), m_bar.data_ptr(),
+                v_bar.data_ptr(), 0 if hvp is None else hvp.data_ptr(), w.numel(),
+                w.dtype == torch.float64, hyper.lr, hyper.beta1, hyper.beta2, hyper.eps,
+                hyper.weight_decay, step, partials.data_ptr(), _PARTIALS_CAPACITY,
+                lr_grad.data_ptr(), self._stream(w))
+        return lr_grad
+
+    def adam_reverse_moments(self, m, v, g, m_bar, v_bar, g_bar, hyper: AdamHyper) -> None:
+        with self._device(m.device):
+            self._module().adam_reverse_moments(
+                m.data_ptr(), v.data_ptr(), g.data_ptr(), m_bar.data_ptr(), v_bar.data_ptr(),
+                g_bar.data_ptr(), m.numel(), m.dtype == torch.float64, hyper.beta1,
+                hyper.beta2, self._stream(m))
+
+
 def _module():
     from .. import _C_cuda
 
@@ -22,30 +58,7 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
-def adam_step(w, g, m, v, step: int, hyper: AdamHyper) -> None:
-    with torch.cuda.device(w.device):
-        _module().adam_step(w.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), w.numel(),
-                            w.dtype == torch.float64, hyper.lr, hyper.beta1, hyper.beta2,
-                            hyper.eps, hyper.weight_decay, step, _stream(w))
-
-
-def adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, step: int,
-                        hyper: AdamHyper) -> torch.Tensor:
-    partials = torch.empty(_PARTIALS_CAPACITY, dtype=torch.float64, device=w.device)
-    lr_grad = torch.empty((), dtype=torch.float64, device=w.device)
-    with torch.cuda.device(w.device):
-        _module().adam_reverse_params(
-            w.data_ptr(), m.data_ptr(), v.data_ptr(), w_bar.data_ptr(), m_bar.data_ptr(),
-            v_bar.data_ptr(), 0 if hvp is None else hvp.data_ptr(), w.numel(),
-            w.dtype == torch.float64, hyper.lr, hyper.beta1, hyper.beta2, hyper.eps,
-            hyper.weight_decay, step, partials.data_ptr(), _PARTIALS_CAPACITY,
-            lr_grad.data_ptr(), _stream(w))
-    return lr_grad
-
-
-def adam_reverse_moments(m, v, g, m_bar, v_bar, g_bar, hyper: AdamHyper) -> None:
-    with torch.cuda.device(m.device):
-        _module().adam_reverse_moments(m.data_ptr(), v.data_ptr(), g.data_ptr(),
-                                       m_bar.data_ptr(), v_bar.data_ptr(), g_bar.data_ptr(),
-                                       m.numel(), m.dtype == torch.float64, hyper.beta1,
-                                       hyper.beta2, _stream(m))
+_launchers = CudaLaunchers(_module, _stream, torch.cuda.device)
+adam_step = _launchers.adam_step
+adam_reverse_params = _launchers.adam_reverse_params
+adam_reverse_moments = _launchers.adam_reverse_moments
