@@ -140,6 +140,7 @@ def main(argv=None):
     parser.add_argument("--data", default=None,
                         help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--name", default="engine", help="report file name (NAME.md/.csv/.json)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
     if args.data:  # through the environment, so the memory subprocesses see it too
@@ -156,7 +157,7 @@ def main(argv=None):
                  students)
     note = (f"{result['threads']} threads; seconds: median of {result['rounds']} rounds in "
             f"which the methods take turns; float32")
-    print(write_report(result, COLUMNS, "engine", args.out, note))
+    print(write_report(result, COLUMNS, args.name, args.out, note))
 
 
 if __name__ == "__main__":

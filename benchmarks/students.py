@@ -135,8 +135,8 @@ PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}
 # The workload the engine exists for (issue 13), kept apart: they read the shared data.
 WORKLOADS = {"SASRec distill (ML-100K)": functools.partial(distill_problem, "ml-100k"),
              "LM distill (PTB)": functools.partial(distill_problem, "ptb")}
-# Unrolled autograd, the baseline, keeps every step: MB per step in float32 (measured on the
-# CPU, benchmarks/results/.../engine.md); twice that in float64.
+# Unrolled autograd, the baseline, keeps every step: MB per step in float32, rounded up from
+# the CPU measurements (49 and 210 MB, results/.../engine-workloads.md); twice in float64.
 UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 300}
 MEMORY_BUDGET_MB = 12_000  # half of the 24 GB benchmark machine
 

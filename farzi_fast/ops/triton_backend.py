@@ -19,6 +19,10 @@ import triton.language as tl
 from .hyper import AdamHyper, step_coefficients
 
 _BLOCK = 1024
+# No contraction of a * b + c into one FMA: the reference rounds the product and the sum
+# apart, and so do the CPU and CUDA builds (benchmarks/NOTES.md, "FMA"). The interpreter
+# (numpy, which never contracts) accepts and ignores the option.
+_ROUNDING = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -39,14 +43,15 @@ def _sqrt(x, IEEE_FP32: tl.constexpr):
     return result
 
 
+# Each kernel splits into a block body and an entry that runs it on BLOCK elements: without a
+# mask when the block lies wholly inside [0, n), so loads and stores stay 16-byte vectors
+# whatever n is (a mask over a tail-crossing block would make Triton fall back to scalar
+# accesses unless n % 16 == 0), and with one on the last, partial block only.
+
 @triton.jit
-def _adam_step_kernel(w_ptr, g_ptr, m_ptr, v_ptr, n,
-                      beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64,
-                      one_minus_beta2: tl.float64, eps: tl.float64, step_size: tl.float64,
-                      bias2_sqrt: tl.float64, decay: tl.float64,
-                      BLOCK: tl.constexpr, IEEE_FP32: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
+def _adam_step_block(w_ptr, g_ptr, m_ptr, v_ptr, offsets, mask, beta1, beta2, one_minus_beta1,
+                     one_minus_beta2, eps, step_size, bias2_sqrt, decay,
+                     IEEE_FP32: tl.constexpr):
     w = tl.load(w_ptr + offsets, mask=mask)
     g = tl.load(g_ptr + offsets, mask=mask)
     m = tl.load(m_ptr + offsets, mask=mask)
@@ -62,15 +67,28 @@ def _adam_step_kernel(w_ptr, g_ptr, m_ptr, v_ptr, n,
 
 
 @triton.jit
-def _reverse_params_kernel(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, hvp_ptr,
-                           partials_ptr, n,
-                           beta1: tl.float64, beta2: tl.float64, eps: tl.float64,
-                           step_size: tl.float64, bias2_sqrt: tl.float64,
-                           inv_bias1: tl.float64, decay: tl.float64, weight_decay: tl.float64,
-                           HAS_HVP: tl.constexpr, BLOCK: tl.constexpr,
-                           IEEE_FP32: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
+def _adam_step_kernel(w_ptr, g_ptr, m_ptr, v_ptr, n,
+                      beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64,
+                      one_minus_beta2: tl.float64, eps: tl.float64, step_size: tl.float64,
+                      bias2_sqrt: tl.float64, decay: tl.float64,
+                      BLOCK: tl.constexpr, IEEE_FP32: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _adam_step_block(w_ptr, g_ptr, m_ptr, v_ptr, offsets, None, beta1, beta2,
+                         one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay,
+                         IEEE_FP32)
+    else:
+        _adam_step_block(w_ptr, g_ptr, m_ptr, v_ptr, offsets, offsets < n, beta1, beta2,
+                         one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay,
+                         IEEE_FP32)
+
+
+@triton.jit
+def _reverse_params_block(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, hvp_ptr,
+                          partials_ptr, offsets, mask, beta1, beta2, eps, step_size,
+                          bias2_sqrt, inv_bias1, decay, weight_decay, HAS_HVP: tl.constexpr,
+                          IEEE_FP32: tl.constexpr):
     w = tl.load(w_ptr + offsets, mask=mask)
     m = tl.load(m_ptr + offsets, mask=mask)
     v = tl.load(v_ptr + offsets, mask=mask)
@@ -91,8 +109,9 @@ def _reverse_params_kernel(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr,
     v_term = w_bar * _div(step * m, d * d * (2.0 * root_v * tl.full((), bias2_sqrt, dt)), IEEE_FP32)
     v_bar = v_bar + tl.where(v > 0, v_term, 0.0)
     lr_term = w_bar * (-tl.full((), weight_decay, dt) * w_prev - direction * tl.full((), inv_bias1, dt))
-    lr_term = tl.where(mask, lr_term, 0.0).to(tl.float64)
-    tl.store(partials_ptr + tl.program_id(0), tl.sum(lr_term, axis=0))
+    if mask is not None:
+        lr_term = tl.where(mask, lr_term, 0.0)
+    tl.store(partials_ptr + tl.program_id(0), tl.sum(lr_term.to(tl.float64), axis=0))
     tl.store(w_ptr + offsets, w_prev, mask=mask)
     tl.store(w_bar_ptr + offsets, w_bar * tl.full((), decay, dt), mask=mask)
     tl.store(m_bar_ptr + offsets, m_bar, mask=mask)
@@ -100,12 +119,29 @@ def _reverse_params_kernel(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr,
 
 
 @triton.jit
-def _reverse_moments_kernel(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr, n,
-                            beta1: tl.float64, beta2: tl.float64,
-                            one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
-                            BLOCK: tl.constexpr, IEEE_FP32: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
+def _reverse_params_kernel(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, hvp_ptr,
+                           partials_ptr, n,
+                           beta1: tl.float64, beta2: tl.float64, eps: tl.float64,
+                           step_size: tl.float64, bias2_sqrt: tl.float64,
+                           inv_bias1: tl.float64, decay: tl.float64, weight_decay: tl.float64,
+                           HAS_HVP: tl.constexpr, BLOCK: tl.constexpr,
+                           IEEE_FP32: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _reverse_params_block(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, hvp_ptr,
+                              partials_ptr, offsets, None, beta1, beta2, eps, step_size,
+                              bias2_sqrt, inv_bias1, decay, weight_decay, HAS_HVP, IEEE_FP32)
+    else:
+        _reverse_params_block(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, hvp_ptr,
+                              partials_ptr, offsets, offsets < n, beta1, beta2, eps, step_size,
+                              bias2_sqrt, inv_bias1, decay, weight_decay, HAS_HVP, IEEE_FP32)
+
+
+@triton.jit
+def _reverse_moments_block(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr, offsets, mask,
+                           beta1, beta2, one_minus_beta1, one_minus_beta2,
+                           IEEE_FP32: tl.constexpr):
     m = tl.load(m_ptr + offsets, mask=mask)
     v = tl.load(v_ptr + offsets, mask=mask)
     g = tl.load(g_ptr + offsets, mask=mask)
@@ -122,6 +158,22 @@ def _reverse_moments_kernel(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr
     tl.store(v_ptr + offsets, tl.maximum(v_prev, 0.0), mask=mask)
 
 
+@triton.jit
+def _reverse_moments_kernel(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr, n,
+                            beta1: tl.float64, beta2: tl.float64,
+                            one_minus_beta1: tl.float64, one_minus_beta2: tl.float64,
+                            BLOCK: tl.constexpr, IEEE_FP32: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _reverse_moments_block(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr, offsets,
+                               None, beta1, beta2, one_minus_beta1, one_minus_beta2, IEEE_FP32)
+    else:
+        _reverse_moments_block(m_ptr, v_ptr, g_ptr, m_bar_ptr, v_bar_ptr, g_bar_ptr, offsets,
+                               offsets < n, beta1, beta2, one_minus_beta1, one_minus_beta2,
+                               IEEE_FP32)
+
+
 def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, _BLOCK),)
 
@@ -131,7 +183,7 @@ def adam_step(w, g, m, v, step: int, hyper: AdamHyper) -> None:
     _adam_step_kernel[_grid(w.numel())](
         w, g, m, v, w.numel(), hyper.beta1, hyper.beta2, 1.0 - hyper.beta1, 1.0 - hyper.beta2,
         hyper.eps, c.step_size, c.bias2_sqrt, c.decay,
-        BLOCK=_BLOCK, IEEE_FP32=w.dtype == torch.float32)
+        BLOCK=_BLOCK, IEEE_FP32=w.dtype == torch.float32, **_ROUNDING)
 
 
 def adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, step: int,
@@ -143,11 +195,12 @@ def adam_reverse_params(w, m, v, w_bar, m_bar, v_bar, hvp, step: int,
         w, m, v, w_bar, m_bar, v_bar, w if hvp is None else hvp, partials, w.numel(),
         hyper.beta1, hyper.beta2, hyper.eps, c.step_size, c.bias2_sqrt, c.inv_bias1, c.decay,
         hyper.weight_decay, HAS_HVP=hvp is not None, BLOCK=_BLOCK,
-        IEEE_FP32=w.dtype == torch.float32)
+        IEEE_FP32=w.dtype == torch.float32, **_ROUNDING)
     return partials.sum()
 
 
 def adam_reverse_moments(m, v, g, m_bar, v_bar, g_bar, hyper: AdamHyper) -> None:
     _reverse_moments_kernel[_grid(m.numel())](
         m, v, g, m_bar, v_bar, g_bar, m.numel(), hyper.beta1, hyper.beta2,
-        1.0 - hyper.beta1, 1.0 - hyper.beta2, BLOCK=_BLOCK, IEEE_FP32=m.dtype == torch.float32)
+        1.0 - hyper.beta1, 1.0 - hyper.beta2, BLOCK=_BLOCK, IEEE_FP32=m.dtype == torch.float32,
+        **_ROUNDING)
