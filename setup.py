@@ -3,6 +3,8 @@
 Environment switches (flash-attention style):
   FARZI_FAST_NO_EXTENSIONS=1   build no compiled module; the torch and triton backends remain.
   FARZI_FAST_NO_CUDA=1         skip farzi_fast._C_cuda even when a CUDA toolkit is found.
+  FARZI_FAST_NO_EMULATION=1    skip farzi_fast._C_cuda_emu, the CUDA kernels compiled for the
+                               host that the tests run (needs a C++20 compiler: g++ >= 11).
   FARZI_FAST_CUDA_ARCHS="90"   CMAKE_CUDA_ARCHITECTURES for _C_cuda (default "80-real;90").
   MAX_JOBS=N                   parallel compile jobs.
 The CUDA module is built when nvcc is found on PATH or under CUDA_HOME / CUDA_PATH.
@@ -72,6 +74,7 @@ BUILD_CUDA = BUILD_EXTENSIONS and not _flag("FARZI_FAST_NO_CUDA") and _find_nvcc
 ext_modules = []
 if BUILD_EXTENSIONS:
     ext_modules.append(CMakeExtension("farzi_fast._C", target="_C"))
+if BUILD_EXTENSIONS and not _flag("FARZI_FAST_NO_EMULATION"):
     # the CUDA kernels emulated on the host, for the tests (csrc/emulation)
     ext_modules.append(CMakeExtension("farzi_fast._C_cuda_emu", target="_C_cuda_emu"))
 if BUILD_CUDA:

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from farzi_fast.ops import available_backends  # noqa: E402  (after TRITON_INTERPRET)
-from farzi_fast.ops.dispatch import triton_interpreting  # noqa: E402
+from farzi_fast.ops.dispatch import _importable, triton_interpreting  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("FARZI_FAST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -38,6 +38,9 @@ def backend_device(request, monkeypatch):
     backend, device = request.param
     if backend in EMULATED:
         from farzi_fast import ops
+
+        if not _importable("farzi_fast._C_cuda_emu"):
+            pytest.skip("farzi_fast._C_cuda_emu not built (FARZI_FAST_NO_EMULATION=1)")
 
         from .emulated_cuda import backend as emulated
 

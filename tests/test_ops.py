@@ -205,7 +205,8 @@ def test_compiled_backends_were_built():
     if os.environ.get("FARZI_FAST_NO_EXTENSIONS"):
         pytest.skip("built with FARZI_FAST_NO_EXTENSIONS=1")
     assert "cpu" in ops.available_backends()
-    import farzi_fast._C_cuda_emu  # noqa: F401  (the CUDA kernels emulated on the host)
+    if not os.environ.get("FARZI_FAST_NO_EMULATION"):
+        import farzi_fast._C_cuda_emu  # noqa: F401  (the CUDA kernels emulated on the host)
     if shutil.which("nvcc") and not os.environ.get("FARZI_FAST_NO_CUDA"):
         import farzi_fast._C_cuda  # noqa: F401  (imports without a GPU: cudart is static)
 

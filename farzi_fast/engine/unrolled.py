@@ -1,6 +1,8 @@
 """The baseline the engine replaces: unrolled autograd through T differentiable Adam steps
 (`create_graph=True`), which keeps every step's state and activations alive. Used by the tests
-as the exact reference (in float64) and by the benchmarks as the memory/time baseline."""
+as the exact reference (in float64) and by the benchmarks as the memory/time baseline. Also
+plain SGD unrolled the same way (`unrolled_sgd`), for ablations against Adam inner loops:
+the engine itself reverses Adam only."""
 
 from __future__ import annotations
 
@@ -50,3 +52,21 @@ def unrolled_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3,
     init_grads = {n: t.clone() for n, t in layout.views(w0_grad).items()}
     return MetaGradient(value.detach(), tuple(meta_grads), lr_grad.detach(), init_grads,
                         DriftReport(w0=0.0), torch.stack(losses))
+
+
+def unrolled_sgd(model, loss_fn, steps, *, meta=(), lr=1e-2, init=None) -> dict:
+    """`steps` plain SGD steps (w <- w - lr g) from `init` (default: the model's parameters),
+    by unrolled autograd: the trained parameters, name -> tensor, differentiable with respect
+    to the meta tensors. Memory grows with `steps` (every step's graph is kept)."""
+    layout = FlatLayout.of(model)
+    functional = FunctionalModel(model, layout)
+    meta = _check_meta(meta, layout)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    with torch.enable_grad():
+        w = _initial(layout, model, init).detach().requires_grad_()
+        for t in range(1, steps + 1):
+            (g,) = torch.autograd.grad(loss_fn(functional.bind(w), t, *meta), w,
+                                       create_graph=True)
+            w = w - lr * g
+    return layout.views(w)

@@ -9,8 +9,9 @@ steps do well on real data (Sachdeva et al., arXiv 2310.09983).
    loop never even reaches the popularity summary on a CPU budget (benchmarks/NOTES.md).
 3. Each outer step: draw a start point from the pool, train the student on the soft
    sequences for `inner_steps` Adam steps through `farzi_fast.unroll` (memory independent
-   of inner_steps), score it on a batch of real sequences, take one Adam step on the summary
-   with the meta-gradient (learning rate decayed along a cosine).
+   of inner_steps; `inner_optimizer="sgd"`, the paper's ablation, unrolls plain SGD with
+   autograd instead), score it on a batch of real sequences, take one Adam step on the
+   summary with the meta-gradient (learning rate decayed along a cosine).
 4. With a `validate` function, the summary is scored every `validate_every` outer steps
    (and at the start) and the best one is returned, not the last.
 """
@@ -27,13 +28,16 @@ from torch import nn
 from torch.func import functional_call
 
 from .._checks import require_int
-from ..engine import NonFiniteError, unroll
+from ..engine import NonFiniteError, unroll, unrolled_sgd
 from .files import atomic_save, content_digest, safe_load
 from .summary import FarziData
 from .train import hard_loss, soft_loss, train_student
 
 CHECKPOINT_FORMAT = "farzi_fast.distill-checkpoint"
 INITS = ("teacher", "random")
+# "sgd" is the paper's ablation: plain SGD inner loops, by unrolled autograd (memory grows
+# with inner_steps); "adam" goes through the engine.
+INNER_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class DistillConfig:
     pretrain_every: int = 50       # checkpoint spacing along each pretraining trajectory
     pretrain_lr: float = 1e-3
     seed: int = 0
+    inner_optimizer: str = "adam"
 
     def __post_init__(self):
         if (not isinstance(self.size, (tuple, list)) or len(self.size) != 2
@@ -71,6 +76,9 @@ class DistillConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got "
+                             f"{self.inner_optimizer!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not 0.0 <= self.teacher_share <= 1.0:
@@ -261,9 +269,13 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         rows = torch.randint(len(train), (min(config.outer_batch, len(train)),), generator=g)
         real = train[rows].to(device)
         try:
-            trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
-                             lr=config.inner_lr, init=init, anchor_every=anchor_every,
-                             anchor_head=anchor_head)
+            if config.inner_optimizer == "sgd":
+                trained = unrolled_sgd(student, inner_loss, config.inner_steps,
+                                       meta=farzi.meta, lr=config.inner_lr, init=init)
+            else:
+                trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
+                                 lr=config.inner_lr, init=init, anchor_every=anchor_every,
+                                 anchor_head=anchor_head)
         except NonFiniteError as error:
             raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
                                      f"checkpoint was left as it was") from None
@@ -367,5 +379,6 @@ def _load_checkpoint(path, config: DistillConfig, identity: dict, vocab: int):
 def changed_settings(saved: dict, now: dict) -> dict:
     """The settings of `now` that differ from `saved`, name -> (saved, now): what forbids
     resuming a run. `outer_steps` may change, so a finished run can be continued further."""
-    return {k: (saved.get(k), v) for k, v in now.items()
-            if saved.get(k) != v and k != "outer_steps"}
+    defaults = DistillConfig((1, 2), None, 1, 1).as_dict()  # settings older runs lacked
+    return {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items()
+            if saved.get(k, defaults.get(k)) != v and k != "outer_steps"}
