@@ -91,7 +91,7 @@ def evaluate_source(results, task, cfg, source, data, tokens, device, seed=0, **
 def baselines(results, task, cfg, device, draws: int):
     rows = task.train_rows()
     mu, xi = cfg["size"]
-    if task.name == "ml-100k":
+    if task.recommends:
         counts = task.data.item_counts()
         if not results.has(source="most popular (no model)"):
             metrics = {split: score_recommendations(
@@ -112,7 +112,7 @@ def baselines(results, task, cfg, device, draws: int):
 
 def real_tokens(task, rows: torch.Tensor) -> int:
     """Tokens in real rows: all of them for text, the non-padding ones for interactions."""
-    return int((rows != 0).sum()) if task.name == "ml-100k" else rows.numel()
+    return int((rows != 0).sum()) if task.recommends else rows.numel()
 
 
 def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,

@@ -1,9 +1,15 @@
-"""The `farzi-fast` command line: distill, train, evaluate.
+"""The `farzi-fast` command line: distill, train, evaluate, export, inspect.
 
     farzi-fast distill  --dataset ml-100k --data ../shared/data --out runs/ml   # --preset cpu
     farzi-fast train    --dataset ml-100k --data ../shared/data --max-len 50 --on farzi \
                         --farzi runs/ml/farzi.pt --out runs/ml/student.pt
     farzi-fast evaluate --dataset ml-100k --data ../shared/data --student runs/ml/student.pt
+    farzi-fast distill  --interactions my_log.csv --out runs/mine   # a user's own log
+    farzi-fast export   runs/mine --format csv --greedy             # sequences in their ids
+    farzi-fast inspect  runs/mine --interactions my_log.csv
+
+Instead of --dataset, --interactions FILE reads an interaction log (CSV/TSV, Parquet or a
+RecBole .inter file; see farzi_fast.farzi.interactions), distilled like MovieLens.
 
 A distill run writes into --out: config.json, log.jsonl (one JSON line per outer step with
 its meta-loss; one per validation with the metric and the summary's entropy), checkpoint.pt
@@ -25,11 +31,12 @@ from pathlib import Path
 import torch
 
 from .farzi.distill import changed_settings, distill
+from .farzi.interactions import load_interactions
 from .farzi.presets import preset
 from .farzi.protocol import Recipe, fit, fit_and_test
 from .farzi.files import atomic_save, safe_load
 from .farzi.summary import FarziData
-from .farzi.tasks import ARCHITECTURES, load_task
+from .farzi.tasks import ARCHITECTURES, load_task, recommendation_task
 from .farzi.train import random_subset
 
 STUDENT_FORMAT = "farzi_fast.student"
@@ -63,11 +70,45 @@ def _count(minimum: int):
 positive, non_negative = _count(1), _count(0)
 
 
-def _common(parser, defaults: bool = True):
-    """Dataset and student options; without `defaults`, unset student options stay None
-    so that a preset can fill them."""
-    parser.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
+def _source(parser):
+    """Where the data comes from: a named data set, or a user's interaction log."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=["ml-100k", "ptb"])
+    source.add_argument("--interactions", default=None, metavar="FILE",
+                        help="an interaction log: CSV/TSV, Parquet or RecBole .inter")
     parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
+    parser.add_argument("--sep", default=None, help="delimiter of --interactions (default: "
+                                                    "sniffed; tab for .inter)")
+    for role in ("user", "item", "time"):
+        parser.add_argument(f"--{role}-col", default=None,
+                            help=f"{role} column of --interactions (default: {role}, "
+                                 f"{role}_id, ...)")
+    parser.add_argument("--title-col", default=None,
+                        help="column of --interactions naming the items (kept for export)")
+
+
+def load_source(args, max_len: int | None):
+    """The task of --dataset or --interactions; users an interaction log drops are counted."""
+    if args.interactions is None:
+        return load_task(args.dataset, args.data, max_len)
+    data = load_interactions(args.interactions, sep=args.sep, user_col=args.user_col,
+                             item_col=args.item_col, time_col=args.time_col,
+                             title_col=args.title_col)
+    if data.dropped_users:
+        print(f"farzi-fast: {args.interactions}: {data.dropped_users} users with fewer than 3 "
+              f"interactions dropped", file=sys.stderr)
+    return recommendation_task(data, "interactions", max_len or 200)
+
+
+def _family(args) -> str:
+    """The named data set whose presets fit: an interaction log is distilled like MovieLens."""
+    return args.dataset or "ml-100k"
+
+
+def _common(parser, defaults: bool = True):
+    """Data and student options; without `defaults`, unset student options stay None
+    so that a preset can fill them."""
+    _source(parser)
     parser.add_argument("--max-len", type=positive, default=None,
                         help="sequence length of students")
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
@@ -92,7 +133,7 @@ PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "laten
 
 
 def _apply_preset(args) -> None:
-    values = preset(args.dataset, args.preset)
+    values = preset(_family(args), args.preset)
     for name in PRESET_OPTIONS:
         if getattr(args, name) is None:
             setattr(args, name, values[name])
@@ -122,6 +163,8 @@ def cmd_distill(args) -> int:
               if k not in ("func", "resume", "out", "quiet", "device")}
     config["size"] = list(args.size)
     config["data"] = str(Path(args.data).resolve()) if args.data else None  # one spelling
+    if args.interactions:
+        config["interactions"] = str(Path(args.interactions).resolve())
     config_file = out / "config.json"
     if config_file.exists():
         if not args.resume:
@@ -136,7 +179,7 @@ def cmd_distill(args) -> int:
         if different:
             raise ValueError("refusing to resume with a different configuration: " + ", ".join(
                 f"{k}: {a!r} -> {b!r}" for k, (a, b) in different.items()))
-    task = load_task(args.dataset, args.data, args.max_len)  # fails before anything is written
+    task = load_source(args, args.max_len)  # fails before anything is written
     torch.manual_seed(args.seed)
     student = task.student(**_student_args(args))
     rows = task.train_rows()
@@ -190,6 +233,7 @@ def cmd_distill(args) -> int:
                     validate=validate if args.eval_every else None,
                     validate_every=args.eval_every)
     bar.close()
+    farzi.describe(task.vocabulary, task.titles)  # the summary reads in the data's own ids
     farzi.save(out / "farzi.pt")
     plot_log(log_file, out / "distill.png", task.metric)
     print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size),
@@ -240,8 +284,31 @@ def plot_log(log_file: Path, png: Path, metric: str) -> None:
     plt.close(fig)
 
 
+def check_vocabulary(farzi: FarziData, task, path) -> None:
+    """A summary trains students of the data it was distilled from: same vocabulary."""
+    vocabulary = task.vocabulary
+    size = len(vocabulary) if vocabulary is not None else task.student().vocab_size
+    if farzi.vocab_size != size:
+        raise ValueError(f"{path} has a vocabulary of {farzi.vocab_size} ids, the data {size}: "
+                         f"it was distilled from other data")
+    if farzi.vocabulary is not None and vocabulary is not None and farzi.vocabulary != vocabulary:
+        first = next(i for i, (a, b) in enumerate(zip(farzi.vocabulary, vocabulary)) if a != b)
+        raise ValueError(f"{path}: its id {first} is {farzi.vocabulary[first]!r}, the data's "
+                         f"{vocabulary[first]!r}: it was distilled from other data")
+
+
+def _identity(task) -> str:
+    """What a saved student was trained on: the data set's name, or a digest of an
+    interaction log's vocabulary."""
+    if task.name != "interactions":
+        return task.name
+    import hashlib
+
+    return "interactions:" + hashlib.sha256("\n".join(task.vocabulary).encode()).hexdigest()[:16]
+
+
 def cmd_train(args) -> int:
-    task = load_task(args.dataset, args.data, args.max_len)
+    task = load_source(args, args.max_len)
     rows = task.train_rows()
     if args.on == "full":
         data = rows
@@ -250,10 +317,12 @@ def cmd_train(args) -> int:
     else:
         if not args.farzi:
             raise ValueError("--on farzi needs --farzi PATH (a farzi.pt from `distill`)")
-        data = FarziData.load(args.farzi).soft().detach()
+        farzi = FarziData.load(args.farzi)
+        check_vocabulary(farzi, task, args.farzi)
+        data = farzi.soft().detach()
     result = fit_and_test(lambda: task.student(**_student_args(args)).to(args.device), data,
                           task, Recipe(lr=args.train_lr, max_steps=args.steps), seed=args.seed)
-    atomic_save({"format": STUDENT_FORMAT, "dataset": args.dataset, "max_len": task.max_len,
+    atomic_save({"format": STUDENT_FORMAT, "dataset": _identity(task), "max_len": task.max_len,
                  "student": _student_args(args), "state": result.student.state_dict()},
                 args.out)
     print(json.dumps({"student": args.out, "step": result.step, "valid": result.valid,
@@ -268,9 +337,10 @@ def cmd_evaluate(args) -> int:
             isinstance(saved.get(k), t) for k, t in expected.items()):
         raise ValueError(f"{args.student} is not a farzi-fast student file (expected the "
                          f"keys {sorted(expected)})")
-    if saved["dataset"] != args.dataset:
-        raise ValueError(f"{args.student} was trained on {saved['dataset']}, not {args.dataset}")
-    task = load_task(args.dataset, args.data, saved["max_len"])
+    task = load_source(args, saved["max_len"])
+    if saved["dataset"] != _identity(task):
+        raise ValueError(f"{args.student} was trained on {saved['dataset']}, not "
+                         f"{_identity(task)}")
     try:
         student = task.student(**saved["student"])
         student.load_state_dict(saved["state"])
@@ -280,6 +350,122 @@ def cmd_evaluate(args) -> int:
     print(json.dumps({split: task.evaluate(student.to(args.device), split)
                       for split in ("valid", "test")}))
     return 0
+
+
+def _summary_of(run) -> tuple[FarziData, Path]:
+    """The summary of a run folder (RUN/farzi.pt) or a summary file."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "farzi.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: no summary there (expected a distill --out folder "
+                                f"holding farzi.pt, or a farzi.pt file)")
+    return FarziData.load(path), path
+
+
+def export_rows(farzi: FarziData, draws: int | None, seed: int = 0) -> list[dict]:
+    """The synthetic sequences as rows (sequence, draw, position, id, item, title,
+    probability): each position's most likely id when `draws` is None, else `draws`
+    samples of every sequence."""
+    probs = farzi.soft().detach().cpu()
+    if draws is None:
+        ids = probs.argmax(-1).unsqueeze(0)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.stack([farzi.sample(generator) for _ in range(draws)]).cpu()
+    names = farzi.vocabulary
+    rows = []
+    for draw, sample in enumerate(ids):
+        for sequence, positions in enumerate(sample):
+            for position, token in enumerate(positions.tolist()):
+                rows.append({"sequence": sequence, "draw": draw, "position": position,
+                             "id": token, "item": names[token] if names else str(token),
+                             "title": farzi.titles[token] if farzi.titles else "",
+                             "probability": round(float(probs[sequence, position, token]), 6)})
+    return rows
+
+
+def cmd_export(args) -> int:
+    farzi, _ = _summary_of(args.run)
+    rows = export_rows(farzi, None if args.greedy or args.sample is None else args.sample,
+                       args.seed)
+    if args.format == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def popularity_comparison(farzi: FarziData, counts: torch.Tensor) -> dict:
+    """How the summary spreads its mass over items compared with the real data: the share of
+    each on the 10% most frequent real items, and the correlation of log frequencies."""
+    mass = farzi.soft().detach().cpu().sum((0, 1))[1:].double()
+    real = counts[1:].double()
+    top = real.argsort(descending=True)[:max(1, len(real) // 10)]
+    log_mass, log_real = (mass / mass.sum()).log(), (real + 1).log()
+    correlation = torch.corrcoef(torch.stack([log_mass, log_real]))[0, 1]
+    return {"summary_mass_on_top10pct": float(mass[top].sum() / mass.sum()),
+            "real_mass_on_top10pct": float(real[top].sum() / real.sum()),
+            "log_frequency_correlation": float(correlation)}
+
+
+def cmd_inspect(args) -> int:
+    farzi, path = _summary_of(args.run)
+    probs = farzi.soft().detach().cpu()
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # μ × ξ, nats
+    names = farzi.vocabulary or [str(i) for i in range(farzi.vocab_size)]
+    label = (lambda i: f"{names[i]} ({farzi.titles[i]})" if farzi.titles and farzi.titles[i]
+             else names[i])
+    mu, xi = farzi.size
+    print(f"{path}: {mu} sequences x {xi} positions over {farzi.vocab_size} ids; mean entropy "
+          f"{float(entropy.mean()):.2f} nats (uniform: {float(torch.tensor(farzi.vocab_size).log()):.2f})")
+    for sequence in range(min(mu, args.sequences)):
+        mass = probs[sequence].sum(0)
+        top = mass.argsort(descending=True)[:args.top].tolist()
+        print(f"  sequence {sequence}: " + ", ".join(
+            f"{label(i)} {float(mass[i]) / xi:.3f}" for i in top))
+    print("entropy per position (mean over sequences): " + " ".join(
+        f"{float(e):.2f}" for e in entropy.mean(0)))
+    comparison = None
+    if args.dataset or args.interactions:
+        task = load_source(args, None)
+        check_vocabulary(farzi, task, path)
+        if task.recommends:
+            comparison = popularity_comparison(farzi, task.data.item_counts())
+            print("popularity: " + ", ".join(f"{k} {v:.3f}" for k, v in comparison.items()))
+    png = Path(args.png) if args.png else path.with_name("inspect.png")
+    _plot_inspection(entropy, probs, png)
+    print(json.dumps({"png": str(png), "popularity": comparison}))
+    return 0
+
+
+def _plot_inspection(entropy: torch.Tensor, probs: torch.Tensor, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(entropy.mean(0).numpy(), marker="o")
+    ax1.set(xlabel="position", ylabel="entropy (nats)", title="entropy per position")
+    mass = probs.sum((0, 1))
+    ax2.plot(mass.sort(descending=True).values.numpy() / float(mass.sum()))
+    ax2.set(xscale="log", yscale="log", xlabel="id rank", ylabel="share of the summary's mass",
+            title="how the summary spreads its mass")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,11 +521,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics of a saved student on valid and test",
                        formatter_class=helpful)
-    e.add_argument("--dataset", required=True, choices=["ml-100k", "ptb"])
-    e.add_argument("--data", default=None)
+    _source(e)
     e.add_argument("--student", required=True)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="a summary's synthetic sequences in the data's own ids",
+                       formatter_class=helpful)
+    x.add_argument("run", help="a distill --out folder, or a farzi.pt")
+    x.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    how = x.add_mutually_exclusive_group()
+    how.add_argument("--greedy", action="store_true",
+                     help="each position's most likely id (the default)")
+    how.add_argument("--sample", type=positive, default=None, metavar="K",
+                     help="K sampled versions of every sequence")
+    x.add_argument("--seed", type=non_negative, default=0)
+    x.add_argument("--out", default=None, help="file to write (default: standard output)")
+    x.set_defaults(func=cmd_export, device="cpu")
+
+    i = sub.add_parser("inspect", help="a short human summary of a summary, and a PNG",
+                       formatter_class=helpful)
+    i.add_argument("run", help="a distill --out folder, or a farzi.pt")
+    source = i.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=["ml-100k", "ptb"], default=None,
+                        help="compare with this data set's item popularity")
+    source.add_argument("--interactions", default=None, metavar="FILE",
+                        help="compare with this interaction log's item popularity")
+    i.add_argument("--data", default=None)
+    i.add_argument("--sep", default=None)
+    for role in ("user", "item", "time", "title"):
+        i.add_argument(f"--{role}-col", default=None)
+    i.add_argument("--top", type=positive, default=5, help="items shown per sequence")
+    i.add_argument("--sequences", type=positive, default=10, help="sequences shown")
+    i.add_argument("--png", default=None, help="default: inspect.png beside the summary")
+    i.set_defaults(func=cmd_inspect, device="cpu")
     return parser
 
 

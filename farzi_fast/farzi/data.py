@@ -51,6 +51,11 @@ class RecommendationData:
 
     num_items: int
     sequences: list[torch.Tensor]  # full per-user sequences
+    # id -> the item's own id as text, index 0 = "<pad>" (what a summary is read back in);
+    # titles likewise when the source names its items; users dropped for < 3 events
+    vocabulary: list[str] | None = None
+    titles: list[str] | None = None
+    dropped_users: int = 0
 
     @property
     def num_users(self) -> int:
@@ -137,7 +142,22 @@ def load_movielens_100k(path=None) -> RecommendationData:
     if not sequences:
         raise ValueError(f"{file}: no user has the 3 interactions the leave-one-out split "
                          f"needs (one to train on, one to validate, one to test)")
-    return RecommendationData(max_item, sequences)
+    return RecommendationData(max_item, sequences,
+                              vocabulary=["<pad>"] + [str(i) for i in range(1, max_item + 1)],
+                              titles=_movielens_titles(file.parent, max_item))
+
+
+def _movielens_titles(folder: Path, num_items: int) -> list[str] | None:
+    """Titles from u.item beside u.data ('id|title|...', Latin-1), when it is there."""
+    file = folder / "u.item"
+    if not file.is_file():
+        return None
+    titles = [""] * (num_items + 1)
+    for line in file.read_text(encoding="latin-1").splitlines():
+        fields = line.split("|")
+        if len(fields) > 1 and fields[0].isdigit() and 0 < int(fields[0]) <= num_items:
+            titles[int(fields[0])] = fields[1]
+    return titles
 
 
 @dataclass

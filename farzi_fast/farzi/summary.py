@@ -12,7 +12,7 @@ from .._checks import require_int
 from .files import atomic_save, safe_load
 
 FORMAT = "farzi_fast.FarziData"
-VERSION = 2  # 2: optional decoder (direct logits), integrity digest
+VERSION = 2  # 2: optional decoder (direct logits), integrity digest; optional vocabulary
 
 
 class FarziData(nn.Module):
@@ -34,6 +34,10 @@ class FarziData(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        # what each id means in the data distilled (index 0 = padding), set by whoever knows
+        # it (the CLI, from the data set); saved with the summary so that it reads on its own
+        self.vocabulary: list[str] | None = None
+        self.titles: list[str] | None = None
         if latent_dim is None:
             self.latent = nn.Parameter(
                 torch.randn(num_sequences, seq_len, vocab_size, generator=generator))
@@ -117,8 +121,19 @@ class FarziData(nn.Module):
     def save(self, path) -> None:
         atomic_save({"format": FORMAT, "version": VERSION, "temperature": self.temperature,
                      "latent": self.latent.detach().cpu(),
-                     "decoder": self.decoder.detach().cpu() if self.factorised else None},
+                     "decoder": self.decoder.detach().cpu() if self.factorised else None,
+                     "vocabulary": self.vocabulary, "titles": self.titles},
                     path)
+
+    def describe(self, vocabulary, titles=None) -> None:
+        """Attach the data's vocabulary (V strings, index 0 = padding) and optional titles."""
+        for name, names in (("vocabulary", vocabulary), ("titles", titles)):
+            if names is not None and (not isinstance(names, list) or len(names) != self.vocab_size
+                                      or not all(isinstance(x, str) for x in names)):
+                raise ValueError(f"{name} must be a list of {self.vocab_size} strings (one per "
+                                 f"id of the summary), got "
+                                 f"{len(names) if isinstance(names, list) else type(names).__name__}")
+        self.vocabulary, self.titles = vocabulary, titles
 
     @classmethod
     def load(cls, path, device=None) -> "FarziData":
@@ -144,4 +159,8 @@ class FarziData(nn.Module):
         with torch.no_grad():
             for mine, saved in zip(data.meta, (latent, decoder)):
                 mine.copy_(saved)
+        try:
+            data.describe(state.get("vocabulary"), state.get("titles"))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         return data.to(device) if device is not None else data

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._checks import require_int
-from .data import load_movielens_100k, load_ptb
+from .data import RecommendationData, load_movielens_100k, load_ptb
 from .metrics import evaluate_recommender, perplexity
 from .students import GRU4Rec, gru4rec, sasrec, transformer_lm
 
@@ -25,13 +25,19 @@ class Task:
     metric: str            # the headline metric
     higher_is_better: bool
 
+    @property
+    def recommends(self) -> bool:
+        """Sequential recommendation (SASRec-style students, ranking metrics) rather than
+        language modelling."""
+        return isinstance(self.data, RecommendationData)
+
     def student(self, dim: int = 50, heads: int = 1, layers: int = 2, dropout: float = 0.2,
                 architecture: str = "transformer") -> nn.Module:
         """A fresh student: the task's causal Transformer (SASRec on ml-100k), or with
         architecture="gru" a GRU4Rec-style recurrent one (`heads` unused)."""
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        if self.name == "ml-100k":
+        if self.recommends:
             if architecture == "gru":
                 return gru4rec(self.data.num_items, self.max_len, dim, layers, dropout)
             return sasrec(self.data.num_items, self.max_len, dim, heads, layers, dropout)
@@ -39,16 +45,32 @@ class Task:
             return GRU4Rec(self.data.vocab_size, self.max_len, dim, layers, dropout)
         return transformer_lm(self.data.vocab_size, self.max_len, dim, heads, layers, dropout)
 
+    @property
+    def vocabulary(self) -> list[str] | None:
+        """The data's own name for each id (item ids, words), when it has them."""
+        return self.data.vocabulary if self.recommends else self.data.vocab
+
+    @property
+    def titles(self) -> list[str] | None:
+        return self.data.titles if self.recommends else None
+
     def train_rows(self) -> torch.Tensor:
         """Real training sequences, rows of max_len + 1 ids."""
-        if self.name == "ml-100k":
+        if self.recommends:
             return self.data.train_batch(self.max_len)
         return self.data.chunks("train", self.max_len + 1)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        if self.name == "ml-100k":
+        if self.recommends:
             return evaluate_recommender(model, self.data, split, self.max_len)
         return {"perplexity": perplexity(model, self.data, split, self.max_len)}
+
+
+def recommendation_task(data: RecommendationData, name: str, max_len: int) -> Task:
+    """A sequential-recommendation task over any RecommendationData (e.g. a user's own log,
+    farzi.interactions.load_interactions), with MovieLens' student and metrics."""
+    require_int("max_len", max_len, 2, "the students' sequence length")
+    return Task(name, data, max_len, "HR@10", True)
 
 
 def load_task(name: str, path=None, max_len: int | None = None) -> Task:
@@ -57,7 +79,7 @@ def load_task(name: str, path=None, max_len: int | None = None) -> Task:
     if max_len is not None:
         require_int("max_len", max_len, 2, "the students' sequence length")
     if name == "ml-100k":
-        return Task(name, load_movielens_100k(path), max_len or 200, "HR@10", True)
+        return recommendation_task(load_movielens_100k(path), name, max_len or 200)
     if name == "ptb":
         return Task(name, load_ptb(path), max_len or 64, "perplexity", False)
     raise ValueError(f"dataset must be 'ml-100k' or 'ptb', got {name!r}")

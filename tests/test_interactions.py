@@ -1,0 +1,143 @@
+"""A user's own interaction log in, readable synthetic sequences out: the loader (CSV/TSV,
+Parquet, RecBole .inter; MovieLens through it gives exactly the built-in loader's sequences),
+its refusals, and the whole loop distill -> export -> inspect -> train -> evaluate on a small
+CSV written here."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas", reason="pandas is in the [data] and [test] extras")
+
+from farzi_fast.cli import main as cli  # noqa: E402
+from farzi_fast.farzi.data import load_movielens_100k  # noqa: E402
+from farzi_fast.farzi.interactions import load_interactions  # noqa: E402
+from farzi_fast.farzi.summary import FarziData  # noqa: E402
+
+
+def movielens_frame(data_dir):
+    return pd.read_csv(data_dir / "ml-100k" / "u.data", sep="\t",
+                       names=["user_id", "item_id", "rating", "timestamp"])
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "parquet", "inter"])
+def test_movielens_through_every_format_gives_the_same_sequences(data_dir, tmp_path, kind):
+    frame = movielens_frame(data_dir)
+    path = tmp_path / f"ml.{kind}"
+    if kind == "parquet":
+        frame.to_parquet(path)
+    elif kind == "inter":  # RecBole's atomic file: typed header, tab-separated
+        frame.columns = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
+        frame.to_csv(path, sep="\t", index=False)
+    else:
+        frame.to_csv(path, sep="," if kind == "csv" else "\t", index=False)
+    got, want = load_interactions(path), load_movielens_100k(data_dir)
+    assert got.num_items == want.num_items and len(got.sequences) == len(want.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.sequences, want.sequences))
+    assert got.vocabulary == want.vocabulary and got.dropped_users == 0
+
+
+def write_log(path, sep=","):
+    """12 users with string ids, 9 items, a title and an extra column; u00's two events at the
+    same time (file order must win), u11 with only 2 events (dropped)."""
+    rows = [("user", "item", "time", "title", "rating")]
+    for u in range(12):
+        events = 2 if u == 11 else 5
+        for k in range(events):
+            item = f"item-{(u + 2 * k) % 9}"
+            rows.append((f"u{u:02d}", item, 100 * k if u else 0, f"Title {item}", "4"))
+    with open(path, "w", newline="") as f:
+        csv.writer(f, delimiter=sep).writerows(rows)
+    return rows
+
+
+def test_string_ids_ties_extra_columns_and_short_users(tmp_path):
+    path = tmp_path / "log.csv"
+    rows = write_log(path, sep=";")  # the delimiter is sniffed
+    data = load_interactions(path, title_col="title")
+    assert data.dropped_users == 1 and len(data.sequences) == 11
+    assert data.vocabulary == ["<pad>"] + [f"item-{i}" for i in range(9)]
+    first = [data.vocabulary[i] for i in data.sequences[0].tolist()]
+    assert first == [r[1] for r in rows[1:6]]  # u00: all at time 0, kept in file order
+    assert data.titles[1] == "Title item-0"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no item column: tried .* found \\['user', 'thing', 'time'\\]"),
+    ("empty", "is empty"),
+    ("header-only", "no rows of interactions"),
+    ("short", "no user has the 3 interactions"),
+    ("times", "column 'time' must hold numbers.*'yesterday'"),
+    ("named", "no column 'who' \\(--user-col\\); the columns are"),
+])
+def test_bad_logs_get_one_clear_line(tmp_path, case, message):
+    path = tmp_path / "log.csv"
+    text = {"missing": "user,thing,time\na,b,1\n", "empty": "", "header-only": "user,item,time\n",
+            "short": "user,item,time\na,x,1\na,y,2\nb,x,1\n",
+            "times": "user,item,time\na,x,1\na,y,yesterday\na,z,3\n",
+            "named": "user,item,time\na,x,1\n"}[case]
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_interactions(path, user_col="who" if case == "named" else None)
+
+
+def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
+    log, run = tmp_path / "log.csv", tmp_path / "run"
+    write_log(log)
+    source = ["--interactions", str(log), "--title-col", "title"]
+    small = ["--max-len", "6", "--dim", "8", "--layers", "1"]
+    assert cli(["distill", *source, *small, "--out", str(run), "--size", "3x4",
+                "--inner-steps", "2", "--outer-steps", "2", "--pretrained-students", "1",
+                "--pretrain-steps", "4", "--eval-every", "0", "--outer-batch", "8",
+                "--quiet"]) == 0
+    assert "1 users with fewer than 3 interactions dropped" in capsys.readouterr().err
+    summary = FarziData.load(run / "farzi.pt")
+    assert summary.vocabulary[1] == "item-0" and summary.titles[1] == "Title item-0"
+
+    assert cli(["export", str(run), "--format", "csv", "--sample", "2", "--out",
+                str(tmp_path / "s.csv")]) == 0
+    exported = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert len(exported) == 2 * 3 * 4
+    assert all(r["item"] in summary.vocabulary for r in exported)
+    assert all(r["title"] == f"Title {r['item']}" or r["item"] == "<pad>" for r in exported)
+    capsys.readouterr()
+    assert cli(["export", str(run), "--greedy"]) == 0
+    greedy = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(greedy) == 12 and all(0 < r["probability"] <= 1 for r in greedy)
+
+    assert cli(["inspect", str(run), "--interactions", str(log)]) == 0
+    report = capsys.readouterr().out
+    assert "sequence 0:" in report and "entropy per position" in report
+    assert 0 <= json.loads(report.splitlines()[-1])["popularity"]["real_mass_on_top10pct"] <= 1
+    assert (run / "inspect.png").stat().st_size > 1000
+
+    student = tmp_path / "student.pt"
+    assert cli(["train", *source, *small, "--on", "farzi", "--farzi", str(run / "farzi.pt"),
+                "--steps", "3", "--out", str(student)]) == 0
+    assert "HR@10" in json.loads(capsys.readouterr().out)["test"]
+    assert cli(["evaluate", *source, "--student", str(student)]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"valid", "test"}
+
+
+def test_a_summary_of_other_data_is_refused(tmp_path, capsys):
+    log, other = tmp_path / "log.csv", tmp_path / "other.csv"
+    write_log(log)
+    other.write_text(log.read_text().replace("item-3", "item-x"))
+    run = tmp_path / "run"
+    assert cli(["distill", "--interactions", str(log), "--max-len", "6", "--dim", "8",
+                "--layers", "1", "--out", str(run), "--size", "2x3", "--inner-steps", "1",
+                "--outer-steps", "1", "--pretrained-students", "1", "--pretrain-steps", "2",
+                "--eval-every", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    student = tmp_path / "student.pt"
+    assert cli(["train", "--interactions", str(other), "--max-len", "6", "--dim", "8",
+                "--layers", "1", "--on", "farzi", "--farzi", str(run / "farzi.pt"), "--out",
+                str(student)]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the note on dropped users
+    assert error.startswith("farzi-fast: error:") and "distilled from other data" in error
+    assert not student.exists()
+    assert cli(["distill", "--interactions", str(tmp_path / "missing.csv"), "--out",
+                str(tmp_path / "r2")]) == 2
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "r2").exists()
