@@ -9,7 +9,9 @@
     farzi-fast inspect  runs/mine --interactions my_log.csv
 
 Instead of --dataset, --interactions FILE reads an interaction log (CSV/TSV, Parquet or a
-RecBole .inter file; see farzi_fast.farzi.interactions), distilled like MovieLens.
+RecBole .inter file; see farzi_fast.farzi.interactions), distilled like MovieLens, and
+--text TRAIN.txt a text corpus (words, or --tokenizer / --bpe-vocab tokens; see
+farzi_fast.farzi.text), distilled like Penn Treebank.
 
 A distill run writes into --out: config.json, log.jsonl (one JSON line per outer step with
 its meta-loss; one per validation with the metric and the summary's entropy), checkpoint.pt
@@ -36,7 +38,8 @@ from .farzi.presets import preset
 from .farzi.protocol import Recipe, fit, fit_and_test
 from .farzi.files import atomic_save, safe_load
 from .farzi.summary import FarziData
-from .farzi.tasks import ARCHITECTURES, load_task, recommendation_task
+from .farzi.tasks import ARCHITECTURES, language_task, load_task, recommendation_task
+from .farzi.text import load_text
 from .farzi.train import random_subset
 
 STUDENT_FORMAT = "farzi_fast.student"
@@ -76,7 +79,17 @@ def _source(parser):
     source.add_argument("--dataset", choices=["ml-100k", "ptb"])
     source.add_argument("--interactions", default=None, metavar="FILE",
                         help="an interaction log: CSV/TSV, Parquet or RecBole .inter")
+    source.add_argument("--text", default=None, metavar="TRAIN.txt",
+                        help="a text corpus, one sentence or paragraph per line")
     parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
+    parser.add_argument("--valid", default=None, metavar="FILE",
+                        help="validation text for --text (default: its last 5%% of lines)")
+    parser.add_argument("--test", default=None, metavar="FILE",
+                        help="test text for --text (default: the 5%% of lines before those)")
+    parser.add_argument("--tokenizer", default=None, metavar="tokenizer.json",
+                        help="a Hugging Face tokenizers file for --text (default: words)")
+    parser.add_argument("--bpe-vocab", type=positive, default=None, metavar="N",
+                        help="train a BPE tokenizer of N tokens on --text's training lines")
     parser.add_argument("--sep", default=None, help="delimiter of --interactions (default: "
                                                     "sniffed; tab for .inter)")
     for role in ("user", "item", "time"):
@@ -88,7 +101,12 @@ def _source(parser):
 
 
 def load_source(args, max_len: int | None):
-    """The task of --dataset or --interactions; users an interaction log drops are counted."""
+    """The task of --dataset, --interactions or --text; users an interaction log drops are
+    counted."""
+    if getattr(args, "text", None) is not None:
+        data = load_text(args.text, args.valid, args.test, tokenizer=args.tokenizer,
+                         bpe_vocab=args.bpe_vocab)
+        return language_task(data, "text", max_len or 64)
     if args.interactions is None:
         return load_task(args.dataset, args.data, max_len)
     data = load_interactions(args.interactions, sep=args.sep, user_col=args.user_col,
@@ -101,8 +119,9 @@ def load_source(args, max_len: int | None):
 
 
 def _family(args) -> str:
-    """The named data set whose presets fit: an interaction log is distilled like MovieLens."""
-    return args.dataset or "ml-100k"
+    """The named data set whose presets fit: an interaction log is distilled like MovieLens,
+    a text like Penn Treebank."""
+    return args.dataset or ("ptb" if args.text else "ml-100k")
 
 
 def _common(parser, defaults: bool = True):
@@ -163,8 +182,9 @@ def cmd_distill(args) -> int:
               if k not in ("func", "resume", "out", "quiet", "device")}
     config["size"] = list(args.size)
     config["data"] = str(Path(args.data).resolve()) if args.data else None  # one spelling
-    if args.interactions:
-        config["interactions"] = str(Path(args.interactions).resolve())
+    for name in ("interactions", "text", "valid", "test", "tokenizer"):  # one spelling
+        if getattr(args, name):
+            config[name] = str(Path(getattr(args, name)).resolve())
     config_file = out / "config.json"
     if config_file.exists():
         if not args.resume:
@@ -300,11 +320,11 @@ def check_vocabulary(farzi: FarziData, task, path) -> None:
 def _identity(task) -> str:
     """What a saved student was trained on: the data set's name, or a digest of an
     interaction log's vocabulary."""
-    if task.name != "interactions":
+    if task.name not in ("interactions", "text"):
         return task.name
     import hashlib
 
-    return "interactions:" + hashlib.sha256("\n".join(task.vocabulary).encode()).hexdigest()[:16]
+    return f"{task.name}:" + hashlib.sha256("\n".join(task.vocabulary).encode()).hexdigest()[:16]
 
 
 def cmd_train(args) -> int:

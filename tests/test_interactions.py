@@ -141,3 +141,54 @@ def test_a_summary_of_other_data_is_refused(tmp_path, capsys):
     assert cli(["distill", "--interactions", str(tmp_path / "missing.csv"), "--out",
                 str(tmp_path / "r2")]) == 2
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+# --- text ----------------------------------------------------------------------------------
+
+def write_corpus(path, lines=60):
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away"]
+    path.write_text("\n".join(" ".join(words[(i * 3 + k) % 10] for k in range(6))
+                              for i in range(lines)) + "\n")
+
+
+def test_text_word_level_holds_out_lines_and_tokenizers_load(tmp_path):
+    from farzi_fast.farzi.text import load_text
+
+    corpus = tmp_path / "train.txt"
+    write_corpus(corpus)
+    data = load_text(corpus)
+    assert "<eos>" in data.vocab and "<unk>" in data.vocab
+    assert len(data.valid) == len(data.test) == 3 * 7  # 5% of 60 lines each, 6 words + <eos>
+    assert len(data.train) == 54 * 7
+    (tmp_path / "valid.txt").write_text("the zebra sat\n")
+    data = load_text(corpus, valid=tmp_path / "valid.txt")
+    assert data.unknown_in["valid"] == 1 and len(data.test) == 3 * 7
+    bpe = load_text(corpus, bpe_vocab=40)
+    assert len(bpe.vocab) <= 40 and bpe.train.max() < len(bpe.vocab)
+    from tokenizers import Tokenizer, models, pre_tokenizers  # a user's own tokenizer file
+
+    own = Tokenizer(models.WordLevel({"<unk>": 0, "the": 1, "cat": 2, "<eos>": 3}, "<unk>"))
+    own.pre_tokenizer = pre_tokenizers.Whitespace()
+    own.save(str(tmp_path / "tokenizer.json"))
+    data = load_text(corpus, tokenizer=tmp_path / "tokenizer.json")
+    assert data.vocab == ["<unk>", "the", "cat", "<eos>"] and data.unknown_in["train"] > 0
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not a tokenizers JSON file"):
+        load_text(corpus, tokenizer=tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="too few to hold out"):
+        (tmp_path / "one.txt").write_text("just one line\n")
+        load_text(tmp_path / "one.txt")
+
+
+def test_own_text_distill_and_export_in_words(tmp_path, capsys):
+    corpus, run = tmp_path / "train.txt", tmp_path / "run"
+    write_corpus(corpus)
+    assert cli(["distill", "--text", str(corpus), "--max-len", "6", "--dim", "8", "--heads", "1",
+                "--layers", "1", "--out", str(run), "--size", "2x4", "--inner-steps", "1",
+                "--outer-steps", "1", "--pretrained-students", "1", "--pretrain-steps", "2",
+                "--eval-every", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli(["export", str(run), "--greedy"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    words = set((corpus.read_text().split())) | {"<eos>", "<unk>"}
+    assert len(rows) == 8 and all(r["item"] in words for r in rows)

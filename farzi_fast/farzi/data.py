@@ -204,7 +204,12 @@ def load_ptb(path=None) -> LanguageData:
         if not file.is_file():
             raise FileNotFoundError(f"ptb: {file.name} not found beside ptb.train.txt in "
                                     f"{folder}; the three splits must come from one folder")
-    lines = {split: _read_lines(file) for split, file in files.items()}
+    return word_level({split: _read_lines(file) for split, file in files.items()})
+
+
+def word_level(lines: dict[str, list[list[str]]]) -> LanguageData:
+    """Token streams from whitespace-split lines per split (each ending with <eos>): the
+    vocabulary is the training split's words and <unk>, sorted; other words become <unk>."""
     vocab = sorted({word for line in lines["train"] for word in line} | {"<unk>"})
     index = {word: i for i, word in enumerate(vocab)}
     unk = index["<unk>"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._checks import require_int
-from .data import RecommendationData, load_movielens_100k, load_ptb
+from .data import LanguageData, RecommendationData, load_movielens_100k, load_ptb
 from .metrics import evaluate_recommender, perplexity
 from .students import GRU4Rec, gru4rec, sasrec, transformer_lm
 
@@ -73,6 +73,13 @@ def recommendation_task(data: RecommendationData, name: str, max_len: int) -> Ta
     return Task(name, data, max_len, "HR@10", True)
 
 
+def language_task(data: LanguageData, name: str, max_len: int) -> Task:
+    """A language-modelling task over any LanguageData (e.g. a user's own text,
+    farzi.text.load_text), with Penn Treebank's student and perplexity."""
+    require_int("max_len", max_len, 2, "the students' sequence length")
+    return Task(name, data, max_len, "perplexity", False)
+
+
 def load_task(name: str, path=None, max_len: int | None = None) -> Task:
     """The task `name` ('ml-100k' or 'ptb') with its data read from `path`; `max_len` is the
     students' sequence length (default 200 for ml-100k, 64 for ptb)."""
@@ -81,5 +88,5 @@ def load_task(name: str, path=None, max_len: int | None = None) -> Task:
     if name == "ml-100k":
         return recommendation_task(load_movielens_100k(path), name, max_len or 200)
     if name == "ptb":
-        return Task(name, load_ptb(path), max_len or 64, "perplexity", False)
+        return language_task(load_ptb(path), name, max_len or 64)
     raise ValueError(f"dataset must be 'ml-100k' or 'ptb', got {name!r}")
