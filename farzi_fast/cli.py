@@ -34,6 +34,7 @@ import torch
 
 from .farzi.distill import changed_settings, distill
 from .farzi.interactions import load_interactions
+from .farzi.parallel import RankFailureError, RankMismatchError, Ranks
 from .farzi.presets import preset
 from .farzi.protocol import Recipe, fit, fit_and_test
 from .farzi.files import atomic_save, safe_load
@@ -174,12 +175,16 @@ def validation_recipe(args) -> Recipe:
 
 def cmd_distill(args) -> int:
     _apply_preset(args)
+    ranks = Ranks.of()
+    if args.meta_batch % ranks.world:
+        raise ValueError(f"--meta-batch {args.meta_batch} is not divisible by the "
+                         f"{ranks.world} processes: each runs the same number of inner loops")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
     # what defines the run (device and verbosity may change on resume)
     config = {k: v for k, v in vars(args).items()
-              if k not in ("func", "resume", "out", "quiet", "device")}
+              if k not in ("func", "resume", "out", "quiet", "device", "timeout")}
     config["size"] = list(args.size)
     config["data"] = str(Path(args.data).resolve()) if args.data else None  # one spelling
     for name in ("interactions", "text", "valid", "test", "tokenizer"):  # one spelling
@@ -203,11 +208,15 @@ def cmd_distill(args) -> int:
     torch.manual_seed(args.seed)
     student = task.student(**_student_args(args))
     rows = task.train_rows()
+    ranks.barrier()  # every rank has checked the folder before rank 0 writes into it
+    log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
+    if not ranks.leader:  # the others compute, and read the checkpoint on --resume
+        _distill(args, task, student, rows, checkpoint, on_step=None, validate=None)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     for orphan in out.glob(".*.tmp"):  # temporary files of writes a kill interrupted
         orphan.unlink()
     atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
-    log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
     start_step = 0
     if args.resume and checkpoint.exists():
         start_step = safe_load(checkpoint, "distill checkpoint").get("step", 0)
@@ -242,16 +251,8 @@ def cmd_distill(args) -> int:
         bar.set_postfix(meta_loss=f"{meta_loss:.4f}")
         bar.update(1)
 
-    farzi = distill(student, rows, size=args.size, latent_dim=args.latent_dim,
-                    inner_steps=args.inner_steps, outer_steps=args.outer_steps,
-                    inner_lr=args.inner_lr, outer_lr=args.outer_lr, outer_batch=args.outer_batch,
-                    teacher_share=args.teacher_share,
-                    pretrained_students=args.pretrained_students,
-                    pretrain_steps=args.pretrain_steps, seed=args.seed, device=args.device,
-                    callback=on_step, checkpoint=checkpoint,
-                    checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    validate=validate if args.eval_every else None,
-                    validate_every=args.eval_every)
+    farzi = _distill(args, task, student, rows, checkpoint, on_step,
+                     validate if args.eval_every else None)
     bar.close()
     farzi.describe(task.vocabulary, task.titles)  # the summary reads in the data's own ids
     farzi.save(out / "farzi.pt")
@@ -259,6 +260,41 @@ def cmd_distill(args) -> int:
     print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size),
                       "selected_step": farzi.selected_step}))
     return 0
+
+
+def _distill(args, task, student, rows, checkpoint, on_step, validate) -> FarziData:
+    return distill(student, rows, size=args.size, latent_dim=args.latent_dim,
+                   inner_steps=args.inner_steps, outer_steps=args.outer_steps,
+                   inner_lr=args.inner_lr, outer_lr=args.outer_lr, outer_batch=args.outer_batch,
+                   meta_batch=args.meta_batch, teacher_share=args.teacher_share,
+                   pretrained_students=args.pretrained_students,
+                   pretrain_steps=args.pretrain_steps, seed=args.seed, device=args.device,
+                   callback=on_step, checkpoint=checkpoint,
+                   checkpoint_every=args.checkpoint_every, resume=args.resume,
+                   validate=validate, validate_every=args.eval_every)
+
+
+def start_processes(args) -> bool:
+    """Under torchrun (WORLD_SIZE > 1 in the environment): join the process group, gloo on
+    CPUs and nccl on GPUs, with a timeout on every collective so that a dead rank stops the
+    others; share the cores (or take one GPU each). True when it joined one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or torch.distributed.is_initialized():
+        return False
+    import datetime
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+        backend = "nccl"
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        backend = "gloo"
+    torch.distributed.init_process_group(
+        backend, timeout=datetime.timedelta(seconds=args.timeout))
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -522,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-steps", type=positive, default=600,
                    help="most steps of the students that validate the summary")
     d.add_argument("--train-lr", type=float, default=1e-3)
+    d.add_argument("--meta-batch", type=positive, default=1,
+                   help="inner loops averaged per outer step; under torchrun split over the "
+                        "processes (must divide by their number)")
+    d.add_argument("--timeout", type=positive, default=600,
+                   help="seconds a process waits for the others under torchrun before it "
+                        "stops with an error")
     d.add_argument("--resume", action="store_true")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_distill)
@@ -580,19 +622,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    joined = False
     try:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: this machine has no CUDA GPU "
                              f"(use --device cpu)")
+        if args.command == "distill":
+            joined = start_processes(args)
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, TypeError, FloatingPointError,
+            RankMismatchError) as error:
         print(f"farzi-fast: error: {error}", file=sys.stderr)
         return 2
+    except RankFailureError as error:  # not the user's input: the run may be resumed
+        print(f"farzi-fast: error: {error}; resume from the last checkpoint with --resume",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("farzi-fast: interrupted (a distill run continues from its last checkpoint "
               "with --resume)", file=sys.stderr)
         return 130
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from torch.func import functional_call
 from .._checks import require_int
 from ..engine import NonFiniteError, unroll, unrolled_sgd
 from .files import atomic_save, content_digest, safe_load
+from .parallel import Ranks, checksum
 from .summary import FarziData
 from .train import hard_loss, soft_loss, train_student
 
@@ -58,6 +59,7 @@ class DistillConfig:
     pretrain_lr: float = 1e-3
     seed: int = 0
     inner_optimizer: str = "adam"
+    meta_batch: int = 1            # inner loops averaged per outer step (split over ranks)
 
     def __post_init__(self):
         if (not isinstance(self.size, (tuple, list)) or len(self.size) != 2
@@ -68,7 +70,8 @@ class DistillConfig:
             raise ValueError(f"seq_len must be >= 2 (next-item targets), got {self.size[1]}")
         if self.latent_dim is not None:
             require_int("latent_dim", self.latent_dim)
-        for name in ("inner_steps", "outer_steps", "outer_batch", "pretrain_every"):
+        for name in ("inner_steps", "outer_steps", "outer_batch", "pretrain_every",
+                     "meta_batch"):
             require_int(name, getattr(self, name))
         for name in ("pretrained_students", "pretrain_steps"):
             require_int(name, getattr(self, name), minimum=0)
@@ -200,10 +203,43 @@ def _initial_summary(student, train, config, pool, teacher, vocab, generator) ->
                                         generator=generator)
 
 
+def _loop_seed(seed: int, step: int, loop: int) -> int:
+    """The random seed of inner loop `loop` of outer step `step` (its dropout masks): the
+    same whichever rank runs it."""
+    return (seed * 1_000_003 + step) * 1_009 + loop
+
+
+def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anchor_every,
+                anchor_head):
+    """One inner loop from `init` on the summary, scored on `real`: (meta-loss, its gradient
+    with respect to the summary's tensors)."""
+    def inner_loss(f, t, *meta):
+        return soft_loss(f, farzi.soft(*meta))
+
+    device = real.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(_loop_seed(config.seed, step, loop))
+        try:
+            if config.inner_optimizer == "sgd":
+                trained = unrolled_sgd(student, inner_loss, config.inner_steps,
+                                       meta=farzi.meta, lr=config.inner_lr, init=init)
+            else:
+                trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
+                                 lr=config.inner_lr, init=init, anchor_every=anchor_every,
+                                 anchor_head=anchor_head)
+        except NonFiniteError as error:
+            raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
+                                     f"checkpoint was left as it was") from None
+        meta_loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
+                              padding_id)
+        grads = torch.autograd.grad(meta_loss, farzi.meta)
+    return meta_loss.detach().double(), grads
+
+
 def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer_steps,
             latent_dim=None, device=None, callback=None, checkpoint=None, checkpoint_every=0,
             resume=False, anchor_every=None, anchor_head=None, teacher=None, validate=None,
-            validate_every=0, **options) -> FarziData:
+            validate_every=0, process_group=None, check_every=10, **options) -> FarziData:
     """Distill `train` (long rows of real sequences; 0 is padding for SASRec-style students)
     into a FarziData of `size` = (μ, ξ): factorised with rank `latent_dim`, or μ × ξ × V
     logits when None. `options` are the other DistillConfig fields.
@@ -216,10 +252,24 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
     (a path), the full state is written atomically every `checkpoint_every` outer steps and
     at the end; `resume=True` continues from it exactly, and refuses a checkpoint written
     with a different configuration.
+
+    Each outer step averages the meta-gradients of `meta_batch` inner loops (an option, 1 by
+    default), each from its own pool start and real batch. Inside a torch.distributed process
+    group (`process_group`, or the default one when initialised, e.g. by torchrun) the loops
+    are split over the ranks and their meta-gradients all-reduced, so the summary does not
+    depend on the number of ranks (up to float summation order): every random draw belongs to
+    an (outer step, loop) pair, not to a rank. Only rank 0 validates and writes the
+    checkpoint; `callback` runs on every rank. Every `check_every` outer steps the ranks
+    compare a checksum of the summary and stop if they drifted apart.
     """
     config = DistillConfig(tuple(size), latent_dim, inner_steps, outer_steps, **options)
     vocab = _check_student(student, train)
     validate_every = require_int("validate_every", validate_every, minimum=0)
+    check_every = require_int("check_every", check_every, minimum=0)
+    ranks = Ranks.of(process_group)
+    if config.meta_batch % ranks.world:
+        raise ValueError(f"meta_batch ({config.meta_batch}) must be divisible by the number of "
+                         f"processes ({ranks.world}): each runs the same number of inner loops")
     device = torch.device(device) if device is not None else next(student.parameters()).device
     student = student.to(device)
     dtype = next(student.parameters()).dtype  # the summary follows the student's precision
@@ -228,6 +278,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     identity = _run_identity(student, train)
+    ranks.agree("configuration, data and student", [config.as_dict(), identity])
     state = (_load_checkpoint(checkpoint, config, identity, vocab)
              if resume and checkpoint is not None else None)
     if state is not None:
@@ -242,6 +293,8 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
                 for p in pretrained_pool(student, train, config)]
         farzi = _initial_summary(student, train.to(device), config, pool, teacher, vocab,
                                  g).to(device, dtype)
+        # rank 0's pool and start for all: pretraining need not be bitwise reproducible
+        ranks.broadcast_([t for p in pool for t in p.values()] + [t.data for t in farzi.meta])
         best = {"score": None, "step": 0, "summary": None}
         start, history = 1, []
     optimizer = torch.optim.Adam(farzi.meta, lr=config.outer_lr)
@@ -249,48 +302,47 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         optimizer.load_state_dict(state["optimizer"])
 
     def consider(step):
-        """Validate the current summary; keep it if it is the best so far."""
-        with torch.random.fork_rng(devices=[]):  # the run's randomness stays untouched
-            score = float(validate(step, farzi))
+        """Validate the current summary (on rank 0); keep it if it is the best so far."""
+        score = None
+        if ranks.leader:
+            with torch.random.fork_rng(devices=[]):  # the run's randomness stays untouched
+                score = float(validate(step, farzi))
+        score = ranks.from_leader(score)
         if best["score"] is None or score > best["score"]:
             best.update(score=score, step=step, summary=copy.deepcopy(farzi).cpu())
 
     if validate is not None and start == 1:
         consider(0)
 
-    def inner_loss(f, t, *meta):
-        return soft_loss(f, farzi.soft(*meta))
-
     for step in range(start, config.outer_steps + 1):
         for group in optimizer.param_groups:  # cosine decay, a function of the step alone
             group["lr"] = config.outer_lr * 0.5 * (1 + math.cos(math.pi * (step - 1) /
                                                                 config.outer_steps))
-        init = pool[int(torch.randint(len(pool), (1,), generator=g))]
-        rows = torch.randint(len(train), (min(config.outer_batch, len(train)),), generator=g)
-        real = train[rows].to(device)
-        try:
-            if config.inner_optimizer == "sgd":
-                trained = unrolled_sgd(student, inner_loss, config.inner_steps,
-                                       meta=farzi.meta, lr=config.inner_lr, init=init)
-            else:
-                trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
-                                 lr=config.inner_lr, init=init, anchor_every=anchor_every,
-                                 anchor_head=anchor_head)
-        except NonFiniteError as error:
-            raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
-                                     f"checkpoint was left as it was") from None
-        meta_loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
-                              padding_id)
-        optimizer.zero_grad(set_to_none=True)
-        meta_loss.backward()
-        value = meta_loss.item()
+        # Every rank draws every loop's start and real batch, in the same order as one process.
+        draws = [(int(torch.randint(len(pool), (1,), generator=g)),
+                  torch.randint(len(train), (min(config.outer_batch, len(train)),), generator=g))
+                 for _ in range(config.meta_batch)]
+        grads = [torch.zeros_like(p) for p in farzi.meta]
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for loop in ranks.share(config.meta_batch):
+            start_index, rows = draws[loop]
+            loss, loop_grads = _inner_loop(student, farzi, config, pool[start_index],
+                                           train[rows].to(device), padding_id, step, loop,
+                                           anchor_every, anchor_head)
+            total += loss
+            for acc, grad in zip(grads, loop_grads):
+                acc += grad
+        ranks.sum_([total, *grads])
+        value = float(total) / config.meta_batch
         if not math.isfinite(value):
             raise FloatingPointError(f"meta-loss is {value} at outer step {step}; the last "
                                      f"checkpoint was left as it was")
-        if not all(bool(p.grad.isfinite().all()) for p in farzi.meta if p.grad is not None):
+        if not all(bool(grad.isfinite().all()) for grad in grads):
             raise FloatingPointError(f"the meta-gradient at outer step {step} is not finite "
                                      f"(the meta-loss, {value:.6g}, is); the summary was not "
                                      f"updated and the last checkpoint was left as it was")
+        for p, grad in zip(farzi.meta, grads):
+            p.grad = grad / config.meta_batch
         optimizer.step()
         history.append(value)
         if validate is not None and validate_every and (step % validate_every == 0 or
@@ -299,8 +351,10 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         if callback is not None:
             with torch.random.fork_rng(devices=[]):
                 callback(step, value, farzi)
-        if checkpoint is not None and (step == config.outer_steps or
-                                       (checkpoint_every and step % checkpoint_every == 0)):
+        if check_every and (step % check_every == 0 or step == config.outer_steps):
+            ranks.agree(f"summary after outer step {step} (checksum)", checksum(farzi.meta))
+        if ranks.leader and checkpoint is not None and (
+                step == config.outer_steps or (checkpoint_every and step % checkpoint_every == 0)):
             atomic_save({"format": CHECKPOINT_FORMAT, "config": config.as_dict(),
                          "identity": identity, "step": step,
                          "summary": _tensors(farzi), "optimizer": optimizer.state_dict(),

@@ -1,0 +1,111 @@
+"""distill() over processes with torch.distributed (gloo, 2 CPU processes): the same summary
+as one process with the same meta-batch, exact resume, and clean failures when a rank dies
+or was started with other settings."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from farzi_fast.farzi.summary import FarziData
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
+                                not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def farzi_cli(data_dir, out, *extra, ranks=1, steps=3, wait=True):
+    """`farzi-fast distill` of a tiny configuration, in 1 process or under torchrun; with
+    wait=False the running process (leader of its own process group)."""
+    args = ["--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12", "--dim", "16",
+            "--layers", "1", "--size", "4x6", "--latent-dim", "4", "--inner-steps", "2",
+            "--outer-steps", str(steps), "--pretrained-students", "1", "--pretrain-steps", "4",
+            "--eval-every", "0", "--outer-batch", "32", "--quiet", "--out", str(out), *extra]
+    launch = [sys.executable, "-m", "farzi_fast.cli"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+        f"--master_port={free_port()}", "-m", "farzi_fast.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if not wait:
+        return subprocess.Popen([*launch, "distill", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    return subprocess.run([*launch, "distill", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def summary(run):
+    return FarziData.load(Path(run) / "farzi.pt").meta
+
+
+def test_two_ranks_give_the_summary_of_one_process(data_dir, tmp_path):
+    one = farzi_cli(data_dir, tmp_path / "one", "--meta-batch", "2")
+    two = farzi_cli(data_dir, tmp_path / "two", "--meta-batch", "2", ranks=2)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    for a, b in zip(summary(tmp_path / "one"), summary(tmp_path / "two")):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # measured: equal bit for bit
+    log = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 3  # rank 0 alone wrote it
+    # a meta-batch of 1 is another run: the comparison above is not vacuous
+    other = farzi_cli(data_dir, tmp_path / "mb1")
+    assert other.returncode == 0
+    assert not torch.equal(summary(tmp_path / "one")[0], summary(tmp_path / "mb1")[0])
+
+
+def test_two_ranks_killed_then_resumed_equal_a_straight_run(data_dir, tmp_path):
+    extra = ["--meta-batch", "2", "--checkpoint-every", "1"]
+    straight = farzi_cli(data_dir, tmp_path / "straight", *extra, ranks=2, steps=5)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    cut = tmp_path / "cut"
+    run = farzi_cli(data_dir, cut, *extra, ranks=2, steps=5, wait=False)
+    log = cut / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    run.wait()
+    resumed = farzi_cli(data_dir, cut, *extra, "--resume", ranks=2, steps=5)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for a, b in zip(summary(tmp_path / "straight"), summary(cut)):
+        assert torch.equal(a, b)
+
+
+def test_meta_batch_must_divide_over_the_ranks(data_dir, tmp_path):
+    result = farzi_cli(data_dir, tmp_path / "run", "--meta-batch", "3", ranks=2)
+    assert result.returncode != 0
+    assert "farzi-fast: error: --meta-batch 3 is not divisible by the 2 processes" in result.stderr
+    assert "farzi_fast/" not in result.stderr  # torchrun reports the exit; no trace of ours
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("die", "rank 0: RankFailureError: rank 0: the meta-gradient all-reduce failed, another "
+            "rank probably died"),
+    ("mismatch", "RankMismatchError: ranks [1] hold a different configuration"),
+])
+def test_a_rank_that_dies_or_differs_stops_the_others(data_dir, mode, expected):
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "distributed_worker.py"), mode,
+                                       str(data_dir)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]  # no hang: well within the timeout
+    rank0_out = outputs[0][0]
+    assert procs[0].returncode == 7, outputs[0][1][-2000:]
+    assert expected in rank0_out
