@@ -205,6 +205,8 @@ def cmd_distill(args) -> int:
             raise ValueError("refusing to resume with a different configuration: " + ", ".join(
                 f"{k}: {a!r} -> {b!r}" for k, (a, b) in different.items()))
     task = load_source(args, args.max_len)  # fails before anything is written
+    if args.interactions:
+        config["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
     torch.manual_seed(args.seed)
     student = task.student(**_student_args(args))
     rows = task.train_rows()
@@ -212,6 +214,9 @@ def cmd_distill(args) -> int:
     log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
     if not ranks.leader:  # the others compute, and read the checkpoint on --resume
         _distill(args, task, student, rows, checkpoint, on_step=None, validate=None)
+        # leave together: once, under load, rank 1 aborted (SIGABRT) after its run while rank 0
+        # was still writing; gloo is known to abort on a peer closing mid-teardown
+        ranks.barrier()
         return 0
     out.mkdir(parents=True, exist_ok=True)
     for orphan in out.glob(".*.tmp"):  # temporary files of writes a kill interrupted
@@ -259,6 +264,7 @@ def cmd_distill(args) -> int:
     plot_log(log_file, out / "distill.png", task.metric)
     print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size),
                       "selected_step": farzi.selected_step}))
+    ranks.barrier()
     return 0
 
 

@@ -93,6 +93,7 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
                 "--pretrain-steps", "4", "--eval-every", "0", "--outer-batch", "8",
                 "--quiet"]) == 0
     assert "1 users with fewer than 3 interactions dropped" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["dropped_users"] == 1
     summary = FarziData.load(run / "farzi.pt")
     assert summary.vocabulary[1] == "item-0" and summary.titles[1] == "Title item-0"
 
