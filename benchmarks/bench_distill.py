@@ -202,6 +202,8 @@ def main(argv=None):
     parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS),
                         default=sorted(EVAL_STUDENTS), help="evaluation students")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rebuild the table from OUT's JSON lines; run nothing")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.threads:
@@ -213,9 +215,12 @@ def main(argv=None):
         cfg["outer_steps"] = args.outer_steps
     task = load_task(args.dataset, args.data, cfg["max_len"])
     name = f"distill-{args.dataset}-{args.preset}"
-    rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
-               torch.device(args.device), with_baselines=not args.no_baselines,
-               default_steps=default_steps)
+    if args.table_only:  # e.g. while a long run is still adding rows
+        rows = table(Results(Path(args.out) / f"{name}.jsonl"), task)
+    else:
+        rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
+                   torch.device(args.device), with_baselines=not args.no_baselines,
+                   default_steps=default_steps)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
             f"; evaluation students: {EVAL_STUDENTS}; recipe: {EVALUATION}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
