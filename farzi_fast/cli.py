@@ -213,7 +213,8 @@ def cmd_distill(args) -> int:
     ranks.barrier()  # every rank has checked the folder before rank 0 writes into it
     log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
     if not ranks.leader:  # the others compute, and read the checkpoint on --resume
-        _distill(args, task, student, rows, checkpoint, on_step=None, validate=None)
+        _distill(args, task, student, rows, checkpoint, on_step=None,
+                 validate=_validated_on_rank_0 if args.eval_every else None)
         # leave together: once, under load, rank 1 aborted (SIGABRT) after its run while rank 0
         # was still writing; gloo is known to abort on a peer closing mid-teardown
         ranks.barrier()
@@ -266,6 +267,11 @@ def cmd_distill(args) -> int:
                       "selected_step": farzi.selected_step}))
     ranks.barrier()
     return 0
+
+
+def _validated_on_rank_0(step, farzi):
+    """What the other ranks pass as `validate`: distill() calls it on rank 0 only."""
+    raise AssertionError("validation runs on rank 0")
 
 
 def _distill(args, task, student, rows, checkpoint, on_step, validate) -> FarziData:

@@ -2,6 +2,7 @@
 as one process with the same meta-batch, exact resume, and clean failures when a rank dies
 or was started with other settings."""
 
+import json
 import os
 import signal
 import socket
@@ -66,23 +67,32 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def read_log(run):
+    return [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+
+
 def summary(run):
     return FarziData.load(Path(run) / "farzi.pt").meta
 
 
 def test_two_ranks_give_the_summary_of_one_process(data_dir, tmp_path):
-    one = farzi_cli(data_dir, tmp_path / "one", "--meta-batch", "2")
-    two = farzi_cli(data_dir, tmp_path / "two", "--meta-batch", "2", ranks=2)
+    validated = ["--meta-batch", "2", "--eval-every", "2", "--train-steps", "5"]
+    one = farzi_cli(data_dir, tmp_path / "one", *validated)
+    two = farzi_cli(data_dir, tmp_path / "two", *validated, ranks=2)
     assert one.returncode == 0, _failure(one)
     assert two.returncode == 0, _failure(two)
     for a, b in zip(summary(tmp_path / "one"), summary(tmp_path / "two")):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # measured: equal bit for bit
-    log = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
-    assert len(log) == 3  # rank 0 alone wrote it
+    losses = {run: [e["meta_loss"] for e in read_log(tmp_path / run) if "meta_loss" in e]
+              for run in ("one", "two")}
+    assert losses["one"] == losses["two"] and len(losses["two"]) == 3  # the whole trajectory
+    checks = [e["step"] for e in read_log(tmp_path / "two") if "valid" in e]
+    assert checks == [0, 2, 3]  # rank 0 validated (and alone wrote the log)
     # a meta-batch of 1 is another run: the comparison above is not vacuous
-    other = farzi_cli(data_dir, tmp_path / "mb1")
+    other = farzi_cli(data_dir, tmp_path / "mb1", "--eval-every", "2", "--train-steps", "5")
     assert other.returncode == 0
-    assert not torch.equal(summary(tmp_path / "one")[0], summary(tmp_path / "mb1")[0])
+    assert [e["meta_loss"] for e in read_log(tmp_path / "mb1") if "meta_loss" in e] != \
+        losses["one"]
 
 
 def test_two_ranks_killed_then_resumed_equal_a_straight_run(data_dir, tmp_path):

@@ -278,7 +278,10 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     identity = _run_identity(student, train)
-    ranks.agree("configuration, data and student", [config.as_dict(), identity])
+    # every rank must ask for validation alike (rank 0 runs it, the others receive its score)
+    ranks.agree("configuration, data and student", [config.as_dict(), identity,
+                                                    validate is not None, validate_every,
+                                                    check_every])
     state = (_load_checkpoint(checkpoint, config, identity, vocab)
              if resume and checkpoint is not None else None)
     if state is not None:
