@@ -74,9 +74,9 @@ def _count(minimum: int):
 positive, non_negative = _count(1), _count(0)
 
 
-def _source(parser):
-    """Where the data comes from: a named data set, or a user's interaction log."""
-    source = parser.add_mutually_exclusive_group(required=True)
+def _source(parser, required: bool = True):
+    """Where the data comes from: a named data set, a user's interaction log, or a text."""
+    source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--dataset", choices=["ml-100k", "ptb"])
     source.add_argument("--interactions", default=None, metavar="FILE",
                         help="an interaction log: CSV/TSV, Parquet or RecBole .inter")
@@ -104,7 +104,7 @@ def _source(parser):
 def load_source(args, max_len: int | None):
     """The task of --dataset, --interactions or --text; users an interaction log drops are
     counted."""
-    if getattr(args, "text", None) is not None:
+    if args.text is not None:
         data = load_text(args.text, args.valid, args.test, tokenizer=args.tokenizer,
                          bpe_vocab=args.bpe_vocab)
         return language_task(data, "text", max_len or 64)
@@ -506,7 +506,7 @@ def cmd_inspect(args) -> int:
     print("entropy per position (mean over sequences): " + " ".join(
         f"{float(e):.2f}" for e in entropy.mean(0)))
     comparison = None
-    if args.dataset or args.interactions:
+    if args.dataset or args.interactions or args.text:
         task = load_source(args, None)
         check_vocabulary(farzi, task, path)
         if task.recommends:
@@ -616,15 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="a short human summary of a summary, and a PNG",
                        formatter_class=helpful)
     i.add_argument("run", help="a distill --out folder, or a farzi.pt")
-    source = i.add_mutually_exclusive_group()
-    source.add_argument("--dataset", choices=["ml-100k", "ptb"], default=None,
-                        help="compare with this data set's item popularity")
-    source.add_argument("--interactions", default=None, metavar="FILE",
-                        help="compare with this interaction log's item popularity")
-    i.add_argument("--data", default=None)
-    i.add_argument("--sep", default=None)
-    for role in ("user", "item", "time", "title"):
-        i.add_argument(f"--{role}-col", default=None)
+    _source(i, required=False)  # optional: the data to check the vocabulary and compare with
     i.add_argument("--top", type=positive, default=5, help="items shown per sequence")
     i.add_argument("--sequences", type=positive, default=10, help="sequences shown")
     i.add_argument("--png", default=None, help="default: inspect.png beside the summary")
