@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from farzi_fast import distill
+from farzi_fast.farzi.distill import DistillConfig, initial_summary, pretrained_pool
 from farzi_fast.farzi.metrics import score_recommendations
 from farzi_fast.farzi.presets import preset
 from farzi_fast.farzi.protocol import Recipe, fit, fit_and_test, popularity_summary
@@ -48,7 +49,8 @@ VARIANTS = {
     "sgd-inner": dict(inner_optimizer="sgd", inner_lr=3.0),
 }
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
-                "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps")
+                "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
+                "teacher_steps")
 EVALUATION = Recipe()  # every number in the table: one recipe for every data source
 VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)  # scoring summaries mid-run
 
@@ -151,12 +153,36 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
                  entropy=summary.entropy(), variant=variant)
     if "soft" in start_summary:  # what the outer loop started from
-        start_name = ("teacher-labelled start (0 outer steps)" if label == "default" else
+        start_name = (START if label == "default" else
                       f"start of [{label}]")
         evaluate_source(results, task, cfg, start_name, start_summary["soft"], mu * xi,
                         device, seed=seed)
     evaluate_source(results, task, cfg, name, summary.soft().detach(), mu * xi, device,
                     seed=seed, **extra)
+
+
+START = "teacher-labelled start (0 outer steps)"
+
+
+def start_run(results, task, cfg, device, seed: int):
+    """The teacher-labelled summary distill() would start seed's run from, evaluated without
+    the outer loop (which moved nothing measurably at CPU budgets, benchmarks/NOTES.md): a
+    measurement of a preset's start at a fraction of a run's cost. Only the first pool
+    student is pretrained: it alone makes the teacher, and it trains the same whether or not
+    others follow it."""
+    if all(results.has(source=START, seed=seed, arch=a)
+           for a in cfg.get("eval_students", EVAL_STUDENTS)):
+        return
+    settings = {k: cfg[k] for k in DISTILL_KEYS} | dict(pretrained_students=1)
+    config = DistillConfig(tuple(cfg["size"]), seed=seed, **settings)
+    torch.manual_seed(seed)
+    student = student_factory(task, cfg, "transformer", device)()
+    train = task.train_rows()
+    pool = pretrained_pool(student, train, config)
+    start = initial_summary(student, train.to(device), config, pool, None, student.vocab_size,
+                            torch.Generator().manual_seed(seed))
+    mu, xi = cfg["size"]
+    evaluate_source(results, task, cfg, START, start.soft().detach(), mu * xi, device, seed=seed)
 
 
 def table(results, task) -> list[dict]:
@@ -202,6 +228,8 @@ def main(argv=None):
     parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS),
                         default=sorted(EVAL_STUDENTS), help="evaluation students")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--start-only", action="store_true",
+                        help="evaluate each seed's teacher-labelled start, no outer loop")
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the table from OUT's JSON lines; run nothing")
     parser.add_argument("--out", required=True)
@@ -220,7 +248,7 @@ def main(argv=None):
     else:
         rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
                    torch.device(args.device), with_baselines=not args.no_baselines,
-                   default_steps=default_steps)
+                   default_steps=default_steps, start_only=args.start_only)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
             f"; evaluation students: {EVAL_STUDENTS}; recipe: {EVALUATION}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
@@ -237,16 +265,19 @@ def COLUMNS(task):
 
 
 def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
-        with_baselines=True, default_steps=None) -> list[dict]:
-    """Baselines, then a distillation per seed, each result appended to OUT/NAME.jsonl;
-    returns the table rows."""
+        with_baselines=True, default_steps=None, start_only=False) -> list[dict]:
+    """Baselines, then a distillation (or only its start) per seed, each result appended to
+    OUT/NAME.jsonl; returns the table rows."""
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / f"{name}.jsonl")
     if with_baselines:
         baselines(results, task, cfg, device, draws)
     for seed in seeds:
-        farzi_run(results, task, cfg, device, seed, variant, out,
-                  default_steps or cfg["outer_steps"])
+        if start_only:
+            start_run(results, task, cfg, device, seed)
+        else:
+            farzi_run(results, task, cfg, device, seed, variant, out,
+                      default_steps or cfg["outer_steps"])
     return table(results, task)
 
 if __name__ == "__main__":

@@ -149,11 +149,15 @@ def _student_args(args) -> dict:
 # the options a preset sets; an explicit value on the command line wins
 PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "latent_dim",
                   "inner_steps", "outer_steps", "inner_lr", "outer_lr", "outer_batch",
-                  "teacher_share", "pretrained_students", "pretrain_steps", "eval_every")
+                  "teacher_share", "pretrained_students", "pretrain_steps", "teacher_steps",
+                  "eval_every")
 
 
 def _apply_preset(args) -> None:
     values = preset(_family(args), args.preset)
+    if args.teacher_steps is None:  # the preset's, unless --pretrain-steps says otherwise
+        args.teacher_steps = (values["teacher_steps"] if args.pretrain_steps is None
+                              else args.pretrain_steps)
     for name in PRESET_OPTIONS:
         if getattr(args, name) is None:
             setattr(args, name, values[name])
@@ -161,6 +165,10 @@ def _apply_preset(args) -> None:
         args.latent_dim = None
     if args.max_len < 2:
         raise ValueError(f"--max-len must be >= 2, got {args.max_len}")
+    if args.pretrained_students and args.teacher_steps < args.pretrain_steps:
+        raise ValueError(f"--teacher-steps {args.teacher_steps} is less than --pretrain-steps "
+                         f"{args.pretrain_steps}: the teacher is the first pretrained student, "
+                         f"trained on")
     if args.size[1] > args.max_len:
         raise ValueError(f"--size {args.size[0]}x{args.size[1]} holds sequences longer than "
                          f"--max-len {args.max_len}: the students could not read them")
@@ -280,7 +288,8 @@ def _distill(args, task, student, rows, checkpoint, on_step, validate) -> FarziD
                    inner_lr=args.inner_lr, outer_lr=args.outer_lr, outer_batch=args.outer_batch,
                    meta_batch=args.meta_batch, teacher_share=args.teacher_share,
                    pretrained_students=args.pretrained_students,
-                   pretrain_steps=args.pretrain_steps, seed=args.seed, device=args.device,
+                   pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
+                   seed=args.seed, device=args.device,
                    callback=on_step, checkpoint=checkpoint,
                    checkpoint_every=args.checkpoint_every, resume=args.resume,
                    validate=validate, validate_every=args.eval_every)
@@ -563,6 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher's share of each initial position's distribution (0..1)")
     d.add_argument("--pretrained-students", type=non_negative, default=None)
     d.add_argument("--pretrain-steps", type=positive, default=None)
+    d.add_argument("--teacher-steps", type=positive, default=None,
+                   help="training steps of the teacher that labels the start: the first "
+                        "pretrained student, trained on (>= --pretrain-steps; default: the "
+                        "preset's, or --pretrain-steps when that is given)")
     d.add_argument("--checkpoint-every", type=non_negative, default=10)
     d.add_argument("--eval-every", type=non_negative, default=None,
                    help="validate the summary every N outer steps and keep the best (0: off, "

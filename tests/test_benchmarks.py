@@ -46,8 +46,8 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
     monkeypatch.setattr(bench_distill, "VALIDATION", tiny)
     monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
     cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
-                                          outer_steps=2, pretrain_steps=3, eval_every=1,
-                                          outer_batch=16)
+                                          outer_steps=2, pretrain_steps=3, teacher_steps=5,
+                                          eval_every=1, outer_batch=16)
     task = load_task("ml-100k", data_dir, cfg["max_len"])
     rows = bench_distill.run(task, cfg, [0], "default", 2, tmp_path, "t", torch.device("cpu"))
     sources = {(r["source"], r["student"]) for r in rows}
@@ -63,3 +63,19 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
     write_report(dict(device="cpu", torch="x", rows=rows), bench_distill.COLUMNS(task), "t",
                  tmp_path)  # rows of different keys (baselines, summaries) in one CSV
     assert "distill_min" in (tmp_path / "t.csv").read_text().splitlines()[0]
+    # --start-only evaluates the very summary a full run starts from
+    evaluated = {}
+    evaluate = bench_distill.evaluate_source
+    monkeypatch.setattr(bench_distill, "evaluate_source", lambda results, task, cfg, source, data,
+                        *a, **k: evaluated.setdefault(source, []).append(data))
+    bench_distill.run(task, cfg, [0], "default", 2, tmp_path / "full", "t", torch.device("cpu"),
+                      with_baselines=False)
+    bench_distill.run(task, cfg, [0], "default", 2, tmp_path / "start", "t",
+                      torch.device("cpu"), with_baselines=False, start_only=True)
+    (from_run, alone), start = evaluated[bench_distill.START], bench_distill.START
+    assert torch.equal(from_run, alone) and "FarziData" in evaluated
+    monkeypatch.setattr(bench_distill, "evaluate_source", evaluate)
+    start_rows = bench_distill.run(task, cfg, [0], "default", 2, tmp_path / "start", "t",
+                                   torch.device("cpu"), with_baselines=False, start_only=True)
+    assert {(r["source"], r["student"]) for r in start_rows} == {(start, "transformer"),
+                                                                 (start, "gru")}

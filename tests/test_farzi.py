@@ -11,7 +11,8 @@ import torch
 from farzi_fast import FarziData, distill
 from farzi_fast.cli import main as cli
 from farzi_fast.data import load_movielens_100k, load_ptb
-from farzi_fast.farzi.distill import DistillConfig, teacher_sequences
+from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained_pool,
+                                      teacher_sequences)
 from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
 from farzi_fast.farzi.students import gru4rec, sasrec, transformer_lm
 
@@ -258,6 +259,32 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
     assert torch.allclose(half.sum(-1), torch.ones(1), atol=1e-5)
     with pytest.raises(ValueError, match="size asks for sequences of 13 positions"):
         teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
+
+
+def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
+    train = movielens.train_batch(12)
+    student = tiny_student(movielens)
+    config = lambda **kw: DistillConfig((4, 6), None, 1, 1, pretrained_students=2,
+                                        pretrain_steps=4, pretrain_every=2, **kw)
+    pool = pretrained_pool(student, train, config())
+    as_pool = default_teacher(student, train, config(), pool)  # teacher_steps None: no more
+    first_trajectory_end = pool[2]
+    assert all(torch.equal(p, first_trajectory_end[n]) for n, p in as_pool.named_parameters())
+    longer = default_teacher(student, train, config(teacher_steps=10), pool)
+    assert all(not torch.equal(p, first_trajectory_end[n]) for n, p in longer.named_parameters()
+               if p.requires_grad and n.endswith("weight"))
+    assert all(torch.equal(p, q) for p, q in zip(student.parameters(), tiny_student(movielens)
+                                                  .parameters())), "the student was touched"
+    # a teacher shorter than the pool's trajectories would not be the first of them
+    with pytest.raises(ValueError, match=r"teacher_steps \(3\) must be >= pretrain_steps"):
+        config(teacher_steps=3)
+    # without pretrained students, the teacher is trained from scratch for teacher_steps
+    fresh = DistillConfig((4, 6), None, 1, 1, pretrained_students=0, teacher_steps=3)
+    scratch = default_teacher(student, train, fresh, pretrained_pool(student, train, fresh))
+    assert not torch.equal(scratch.embed, student.embed)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        nothing = DistillConfig((4, 6), None, 1, 1, pretrained_students=0, pretrain_steps=0)
+        default_teacher(student, train, nothing, [])
 
 
 def test_summary_from_distributions():

@@ -122,6 +122,8 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert "--size 50x60 holds sequences longer than --max-len 50" in capsys.readouterr().err
     assert cli(base + ["--preset", "paper", "--max-len", "100"]) == 2
     assert "--size 50x150" in capsys.readouterr().err
+    assert cli(base + ["--teacher-steps", "300"]) == 2  # the cpu preset pretrains 400 steps
+    assert "--teacher-steps 300 is less than --pretrain-steps 400" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
     if not torch.cuda.is_available():
         assert cli(base + ["--device", "cuda"]) == 2

@@ -2,10 +2,11 @@
 steps do well on real data (Sachdeva et al., arXiv 2310.09983).
 
 1. Pretrained trajectories: students trained on the real data, checkpointed along the way.
-   They give the inner loops their starting points and, by default, the teacher.
+   They give the inner loops their starting points; the first, trained on to
+   `teacher_steps`, is the default teacher.
 2. Initialisation: μ real sequences (their last ξ items), each position's one-hot item mixed
    with the teacher's next-item distribution at that point of the sequence (soft labels:
-   `teacher_share` of the mass). Starting from random logits, as the paper does, the outer
+   `teacher_share` of the mass). The teacher's quality bounds the summary's. Starting from random logits, as the paper does, the outer
    loop never even reaches the popularity summary on a CPU budget (benchmarks/NOTES.md).
 3. Each outer step: draw a start point from the pool, train the student on the soft
    sequences for `inner_steps` Adam steps through `farzi_fast.unroll` (memory independent
@@ -57,6 +58,9 @@ class DistillConfig:
     pretrain_steps: int = 400
     pretrain_every: int = 50       # checkpoint spacing along each pretraining trajectory
     pretrain_lr: float = 1e-3
+    # steps of the default teacher (the first pretrained student, trained on past the pool's
+    # pretrain_steps); None: pretrain_steps. A teacher's quality bounds the summary's
+    teacher_steps: int | None = None
     seed: int = 0
     inner_optimizer: str = "adam"
     meta_batch: int = 1            # inner loops averaged per outer step (split over ranks)
@@ -75,6 +79,12 @@ class DistillConfig:
             require_int(name, getattr(self, name))
         for name in ("pretrained_students", "pretrain_steps"):
             require_int(name, getattr(self, name), minimum=0)
+        if self.teacher_steps is not None:
+            require_int("teacher_steps", self.teacher_steps)
+            if self.pretrained_students and self.teacher_steps < self.pretrain_steps:
+                raise ValueError(f"teacher_steps ({self.teacher_steps}) must be >= "
+                                 f"pretrain_steps ({self.pretrain_steps}): the teacher is the "
+                                 f"first pretrained student, trained on")
         for name in ("inner_lr", "outer_lr", "temperature", "pretrain_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -184,20 +194,41 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
     return mixed
 
 
-def _initial_summary(student, train, config, pool, teacher, vocab, generator) -> FarziData:
+def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConfig,
+                    pool: list) -> nn.Module:
+    """The first pretrained student (its last checkpoint in `pool`) trained on real data
+    until `teacher_steps`; without pretrained students, a fresh one trained as long."""
+    steps = config.pretrain_steps if config.teacher_steps is None else config.teacher_steps
+    teacher = copy.deepcopy(student)
+    if config.pretrained_students:
+        done, last = config.pretrain_steps, pool[len(_pretrain_segments(config))]
+        with torch.no_grad():
+            for name, p in teacher.named_parameters():
+                p.copy_(last[name])
+    else:
+        done = 0
+        _reset_parameters(teacher, config.seed * 1000)
+    if steps == 0:
+        raise ValueError("init='teacher' needs a teacher: pass teacher=, or give the default "
+                         "one training steps (teacher_steps, or pretrain_steps >= 1)")
+    if steps > done:
+        # its own dropout masks: the same teacher however many pool students trained before
+        device = next(teacher.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed * 1000 + 999)
+            train_student(teacher, train, steps=steps - done, lr=config.pretrain_lr,
+                          seed=config.seed * 1000 + 999)
+    return teacher
+
+
+def initial_summary(student, train, config, pool, teacher, vocab, generator) -> FarziData:
+    """The summary the outer loop starts from: random logits, or teacher-labelled real
+    sequences (`teacher`, or `default_teacher`), drawn with `generator`."""
     if config.init == "random":
         return FarziData(*config.size, vocab, config.latent_dim, config.temperature,
                          generator=generator)
     if teacher is None:
-        if config.pretrained_students == 0 or config.pretrain_steps == 0:
-            raise ValueError("init='teacher' needs a teacher: pass teacher=, or keep "
-                             "pretrained_students and pretrain_steps >= 1 (the first "
-                             "pretrained student's last checkpoint teaches)")
-        teacher = copy.deepcopy(student)
-        last = pool[len(_pretrain_segments(config))]
-        with torch.no_grad():
-            for name, p in teacher.named_parameters():
-                p.copy_(last[name])
+        teacher = default_teacher(student, train, config, pool)
     probs = teacher_sequences(teacher, train, config, generator)
     return FarziData.from_distributions(probs, config.latent_dim, config.temperature,
                                         generator=generator)
@@ -294,7 +325,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
     else:
         pool = [{n: t.to(device) for n, t in p.items()}
                 for p in pretrained_pool(student, train, config)]
-        farzi = _initial_summary(student, train.to(device), config, pool, teacher, vocab,
+        farzi = initial_summary(student, train.to(device), config, pool, teacher, vocab,
                                  g).to(device, dtype)
         # rank 0's pool and start for all: pretraining need not be bitwise reproducible
         ranks.broadcast_([t for p in pool for t in p.values()] + [t.data for t in farzi.meta])
