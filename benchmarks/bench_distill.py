@@ -47,7 +47,16 @@ VARIANTS = {
     # 20 steps from a fresh student on a cpu-preset summary (of 1, 3, 10; 20 diverged), but
     # diverged from the pretrained starts at outer step 23 (meta-loss 2e19); 3 is next best
     "sgd-inner": dict(inner_optimizer="sgd", inner_lr=3.0),
+    # 4 inner loops (own pool start and real batch each) averaged per outer step: less
+    # variance in the meta-gradient, whose direction changes from step to step (NOTES.md)
+    "meta-batch-4": dict(meta_batch=4),
+    # the start's real rows among those without padding (at ξ = 150 on ML-100K, 47% of the
+    # positions of random rows are padding)
+    "full-rows": dict(start_rows="full"),
+    # the teacher the presets had before session 5: the pool's end, 400 steps
+    "teacher-400": dict(teacher_steps=400),
 }
+VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "start_rows")  # beyond DISTILL_KEYS
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
                 "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
                 "teacher_steps")
@@ -126,9 +135,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     if all(results.has(source=name, seed=seed, arch=a)
            for a in cfg.get("eval_students", EVAL_STUDENTS)):
         return
-    settings = {k: cfg[k] for k in DISTILL_KEYS} | {
-        k: v for k, v in VARIANTS[variant].items()
-        if k in DISTILL_KEYS or k in ("init", "inner_optimizer")}
+    settings = run_settings(cfg, variant)
     eval_every = VARIANTS[variant].get("eval_every", cfg["eval_every"])
     make = student_factory(task, cfg, "transformer", device)
     sign = 1.0 if task.higher_is_better else -1.0
@@ -164,25 +171,37 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
 START = "teacher-labelled start (0 outer steps)"
 
 
-def start_run(results, task, cfg, device, seed: int):
+def start_run(results, task, cfg, device, seed: int, variant: str = "default"):
     """The teacher-labelled summary distill() would start seed's run from, evaluated without
     the outer loop (which moved nothing measurably at CPU budgets, benchmarks/NOTES.md): a
     measurement of a preset's start at a fraction of a run's cost. Only the first pool
     student is pretrained: it alone makes the teacher, and it trains the same whether or not
     others follow it."""
-    if all(results.has(source=START, seed=seed, arch=a)
+    name = START if variant == "default" else f"start of [{variant}]"
+    if all(results.has(source=name, seed=seed, arch=a)
            for a in cfg.get("eval_students", EVAL_STUDENTS)):
         return
-    settings = {k: cfg[k] for k in DISTILL_KEYS} | dict(pretrained_students=1)
-    config = DistillConfig(tuple(cfg["size"]), seed=seed, **settings)
     torch.manual_seed(seed)
     student = student_factory(task, cfg, "transformer", device)()
+    config = start_config(cfg, seed, variant)
     train = task.train_rows()
     pool = pretrained_pool(student, train, config)
     start = initial_summary(student, train.to(device), config, pool, None, student.vocab_size,
                             torch.Generator().manual_seed(seed))
     mu, xi = cfg["size"]
-    evaluate_source(results, task, cfg, START, start.soft().detach(), mu * xi, device, seed=seed)
+    evaluate_source(results, task, cfg, name, start.soft().detach(), mu * xi, device, seed=seed)
+
+
+def run_settings(cfg, variant: str) -> dict:
+    """distill()'s settings (but size and seed) for a preset's run of `variant`."""
+    return {k: cfg[k] for k in DISTILL_KEYS} | {
+        k: v for k, v in VARIANTS[variant].items() if k in DISTILL_KEYS or k in VARIANT_KEYS}
+
+
+def start_config(cfg, seed: int, variant: str) -> DistillConfig:
+    """The DistillConfig of a run's start, with one pretrained student (see start_run)."""
+    return DistillConfig(tuple(cfg["size"]), seed=seed,
+                         **(run_settings(cfg, variant) | dict(pretrained_students=1)))
 
 
 def table(results, task) -> list[dict]:
@@ -274,7 +293,7 @@ def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
         baselines(results, task, cfg, device, draws)
     for seed in seeds:
         if start_only:
-            start_run(results, task, cfg, device, seed)
+            start_run(results, task, cfg, device, seed, variant)
         else:
             farzi_run(results, task, cfg, device, seed, variant, out,
                       default_steps or cfg["outer_steps"])
