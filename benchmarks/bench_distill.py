@@ -53,8 +53,9 @@ VARIANTS = {
     # the start's real rows among those without padding (at ξ = 150 on ML-100K, 47% of the
     # positions of random rows are padding)
     "full-rows": dict(start_rows="full"),
-    # the teacher the presets had before session 5: the pool's end, 400 steps
+    # teachers trained for other lengths (ML-100K paper preset: 1000; PTB cpu: 400)
     "teacher-400": dict(teacher_steps=400),
+    "teacher-1500": dict(teacher_steps=1500),
 }
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "start_rows")  # beyond DISTILL_KEYS
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
