@@ -50,14 +50,11 @@ VARIANTS = {
     # 4 inner loops (own pool start and real batch each) averaged per outer step: less
     # variance in the meta-gradient, whose direction changes from step to step (NOTES.md)
     "meta-batch-4": dict(meta_batch=4),
-    # the start's real rows among those without padding (at ξ = 150 on ML-100K, 47% of the
-    # positions of random rows are padding)
-    "full-rows": dict(start_rows="full"),
     # teachers trained for other lengths (ML-100K paper preset: 1000; PTB cpu: 400)
     "teacher-400": dict(teacher_steps=400),
     "teacher-1500": dict(teacher_steps=1500),
 }
-VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "start_rows")  # beyond DISTILL_KEYS
+VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
                 "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
                 "teacher_steps")

@@ -261,26 +261,6 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
         teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
 
 
-def test_full_start_rows_skip_padded_histories_while_there_are_enough(movielens):
-    train = movielens.train_batch(12)
-    train[::2, :8] = 0  # every other row: padding in its last 7 ids
-    teacher = tiny_student(movielens)
-    config = lambda mu, rows: DistillConfig((mu, 6), None, 1, 1, teacher_share=0.0,
-                                            start_rows=rows)
-    g = lambda: torch.Generator().manual_seed(0)
-    full = train[1::2, -6:]
-    starts = lambda mu, rows: teacher_sequences(teacher, train, config(mu, rows), g())
-    real_rows = lambda soft: (soft.max(-1).values == 1).all(-1)  # padding takes the teacher's
-    picked = starts(len(full), "full")
-    assert real_rows(picked).all()
-    assert sorted(map(tuple, picked.argmax(-1).tolist())) == sorted(map(tuple, full.tolist()))
-    assert not real_rows(starts(len(full), "random")).all()  # the default draws padded rows
-    # more sequences than full rows: all of those, then the longest of the rest
-    assert real_rows(starts(len(full) + 1, "full")).sum() == len(full)
-    with pytest.raises(ValueError, match="start_rows must be one of"):
-        config(2, "longest")
-
-
 def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
     train = movielens.train_batch(12)
     student = tiny_student(movielens)

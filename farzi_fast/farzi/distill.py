@@ -6,8 +6,9 @@ steps do well on real data (Sachdeva et al., arXiv 2310.09983).
    `teacher_steps`, is the default teacher.
 2. Initialisation: μ real sequences (their last ξ items), each position's one-hot item mixed
    with the teacher's next-item distribution at that point of the sequence (soft labels:
-   `teacher_share` of the mass). The teacher's quality bounds the summary's. Starting from random logits, as the paper does, the outer
-   loop never even reaches the popularity summary on a CPU budget (benchmarks/NOTES.md).
+   `teacher_share` of the mass). The teacher's quality bounds the summary's. Starting from
+   random logits, as the paper does, the outer loop never even reaches the popularity
+   summary on a CPU budget (benchmarks/NOTES.md).
 3. Each outer step: draw a start point from the pool, train the student on the soft
    sequences for `inner_steps` Adam steps through `farzi_fast.unroll` (memory independent
    of inner_steps; `inner_optimizer="sgd"`, the paper's ablation, unrolls plain SGD with
@@ -37,7 +38,6 @@ from .train import hard_loss, soft_loss, train_student
 
 CHECKPOINT_FORMAT = "farzi_fast.distill-checkpoint"
 INITS = ("teacher", "random")
-START_ROWS = ("random", "full")
 # "sgd" is the paper's ablation: plain SGD inner loops, by unrolled autograd (memory grows
 # with inner_steps); "adam" goes through the engine.
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -55,7 +55,6 @@ class DistillConfig:
     temperature: float = 1.0
     init: str = "teacher"          # "teacher" (real sequences, soft labels) or "random"
     teacher_share: float = 1.0     # the teacher's part of each position's distribution
-    start_rows: str = "random"     # "random" real rows, or "full" ones (no padding) first
     pretrained_students: int = 2
     pretrain_steps: int = 400
     pretrain_every: int = 50       # checkpoint spacing along each pretraining trajectory
@@ -94,8 +93,6 @@ class DistillConfig:
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got "
                              f"{self.inner_optimizer!r}")
-        if self.start_rows not in START_ROWS:
-            raise ValueError(f"start_rows must be one of {START_ROWS}, got {self.start_rows!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not 0.0 <= self.teacher_share <= 1.0:
@@ -177,14 +174,7 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
     if xi > train.shape[1] - 1:
         raise ValueError(f"size asks for sequences of {xi} positions but the real rows hold "
                          f"{train.shape[1] - 1} (raise max_len or lower size)")
-    padding_id = getattr(teacher, "padding_id", None)
-    order = torch.randperm(len(train), generator=generator)
-    if config.start_rows == "full" and padding_id is not None:
-        # random among the rows whose last ξ + 1 ids are all real, then the longest: a padded
-        # position has no history, and its label would be the teacher's popularity prior
-        real = (train[order, -(xi + 1):] != padding_id).sum(1)
-        order = order[torch.sort(real, descending=True, stable=True).indices]
-    rows = train[order[:mu]]
+    rows = train[torch.randperm(len(train), generator=generator)[:mu]]
     if len(rows) < mu:  # fewer real rows than summary sequences: draw with repetition
         rows = train[torch.randint(len(train), (mu,), generator=generator)]
     device = next(teacher.parameters()).device
@@ -194,6 +184,7 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
         probs = teacher(rows[:, :-1].to(device))[:, -xi:].softmax(-1)
     teacher.train(was_training)
     items = rows[:, -xi:].to(device)
+    padding_id = getattr(teacher, "padding_id", None)
     if padding_id is not None:
         probs[..., padding_id] = 0.0
         probs = probs / probs.sum(-1, keepdim=True)
