@@ -200,22 +200,23 @@ def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConf
     """The first pretrained student (its last checkpoint in `pool`) trained on real data
     until `teacher_steps`; without pretrained students, a fresh one trained as long."""
     steps = config.pretrain_steps if config.teacher_steps is None else config.teacher_steps
-    teacher = copy.deepcopy(student)
-    if config.pretrained_students:
-        done, last = config.pretrain_steps, pool[len(_pretrain_segments(config))]
-        with torch.no_grad():
-            for name, p in teacher.named_parameters():
-                p.copy_(last[name])
-    else:
-        done = 0
-        _reset_parameters(teacher, config.seed * 1000)
     if steps == 0:
         raise ValueError("init='teacher' needs a teacher: pass teacher=, or give the default "
                          "one training steps (teacher_steps, or pretrain_steps >= 1)")
-    if steps > done:
-        # its own dropout masks: the same teacher however many pool students trained before
-        device = next(teacher.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    teacher = copy.deepcopy(student)
+    device = next(teacher.parameters()).device
+    # its own random numbers: the same teacher however many pool students trained before it,
+    # and the run's stream untouched
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if config.pretrained_students:
+            done, last = config.pretrain_steps, pool[len(_pretrain_segments(config))]
+            with torch.no_grad():
+                for name, p in teacher.named_parameters():
+                    p.copy_(last[name])
+        else:
+            done = 0
+            _reset_parameters(teacher, config.seed * 1000)
+        if steps > done:
             torch.manual_seed(config.seed * 1000 + 999)
             train_student(teacher, train, steps=steps - done, lr=config.pretrain_lr,
                           seed=config.seed * 1000 + 999)
@@ -327,7 +328,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         pool = [{n: t.to(device) for n, t in p.items()}
                 for p in pretrained_pool(student, train, config)]
         farzi = initial_summary(student, train.to(device), config, pool, teacher, vocab,
-                                 g).to(device, dtype)
+                                g).to(device, dtype)
         # rank 0's pool and start for all: pretraining need not be bitwise reproducible
         ranks.broadcast_([t for p in pool for t in p.values()] + [t.data for t in farzi.meta])
         best = {"score": None, "step": 0, "summary": None}
