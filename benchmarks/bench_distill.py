@@ -158,9 +158,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
                  entropy=summary.entropy(), variant=variant)
     if "soft" in start_summary:  # what the outer loop started from
-        start_name = (START if label == "default" else
-                      f"start of [{label}]")
-        evaluate_source(results, task, cfg, start_name, start_summary["soft"], mu * xi,
+        evaluate_source(results, task, cfg, start_source(label), start_summary["soft"], mu * xi,
                         device, seed=seed)
     evaluate_source(results, task, cfg, name, summary.soft().detach(), mu * xi, device,
                     seed=seed, **extra)
@@ -169,13 +167,19 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
 START = "teacher-labelled start (0 outer steps)"
 
 
+def start_source(label: str) -> str:
+    """The table's name for the start of a run labelled `label` (a variant, and its budget
+    when not the preset's): one name whether a full run or start_run measured it."""
+    return START if label == "default" else f"start of [{label}]"
+
+
 def start_run(results, task, cfg, device, seed: int, variant: str = "default"):
     """The teacher-labelled summary distill() would start seed's run from, evaluated without
     the outer loop (which moved nothing measurably at CPU budgets, benchmarks/NOTES.md): a
     measurement of a preset's start at a fraction of a run's cost. Only the first pool
     student is pretrained: it alone makes the teacher, and it trains the same whether or not
     others follow it."""
-    name = START if variant == "default" else f"start of [{variant}]"
+    name = start_source(variant)
     if all(results.has(source=name, seed=seed, arch=a)
            for a in cfg.get("eval_students", EVAL_STUDENTS)):
         return
