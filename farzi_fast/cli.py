@@ -223,9 +223,7 @@ def cmd_distill(args) -> int:
     if not ranks.leader:  # the others compute, and read the checkpoint on --resume
         _distill(args, task, student, rows, checkpoint, on_step=None,
                  validate=_validated_on_rank_0 if args.eval_every else None)
-        # leave together: once, under load, rank 1 aborted (SIGABRT) after its run while rank 0
-        # was still writing; gloo is known to abort on a peer closing mid-teardown
-        ranks.barrier()
+        ranks.barrier()  # leave together, once rank 0 has written the run's files
         return 0
     out.mkdir(parents=True, exist_ok=True)
     for orphan in out.glob(".*.tmp"):  # temporary files of writes a kill interrupted
@@ -647,22 +645,38 @@ def main(argv=None) -> int:
                              f"(use --device cpu)")
         if args.command == "distill":
             joined = start_processes(args)
-        return args.func(args)
+        code = args.func(args)
     except (ValueError, FileNotFoundError, TypeError, FloatingPointError,
             RankMismatchError) as error:
         print(f"farzi-fast: error: {error}", file=sys.stderr)
-        return 2
+        code = 2
     except RankFailureError as error:  # not the user's input: the run may be resumed
         print(f"farzi-fast: error: {error}; resume from the last checkpoint with --resume",
               file=sys.stderr)
-        return 1
+        code = 1
     except KeyboardInterrupt:
         print("farzi-fast: interrupted (a distill run continues from its last checkpoint "
               "with --resume)", file=sys.stderr)
-        return 130
-    finally:
+        code = 130
+    except BaseException:  # a bug: its traceback is the report
         if joined:
             torch.distributed.destroy_process_group()
+        raise
+    if joined:
+        leave_processes(code)
+    return code
+
+
+def leave_processes(code: int) -> None:
+    """End a rank of a torchrun job: leave the process group, then the process, without the
+    interpreter's teardown. On 2 busy cores about 1 two-rank run in 6 aborted there, after its
+    work was done and saved (SIGABRT, "terminate called without an active exception", no
+    Python frame left: a gloo thread outliving the interpreter), and torchrun then reports the
+    whole job failed; with this exit none did in 40 runs (benchmarks/NOTES.md, session 6)."""
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

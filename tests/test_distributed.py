@@ -141,3 +141,37 @@ def test_a_rank_that_dies_or_differs_stops_the_others(data_dir, mode, expected):
     rank0_out = outputs[0][0]
     assert procs[0].returncode == 7, outputs[0][1][-2000:]
     assert expected in rank0_out
+
+
+class _Exited(Exception):
+    """What the stand-in for os._exit raises: the process would have ended there."""
+
+
+@pytest.mark.parametrize("outcome, code", [("done", 0), ("bad input", 2), ("bug", None)])
+def test_a_rank_leaves_without_the_interpreters_teardown(monkeypatch, tmp_path, outcome, code):
+    """Under torchrun a rank leaves the process group and then the process by os._exit (gloo
+    threads can abort the interpreter's teardown after a finished run); a bug's traceback
+    still propagates, after the group is left."""
+    from farzi_fast import cli
+
+    left = []
+
+    def run(args):
+        if outcome == "bad input":
+            raise ValueError("--size: bad")
+        if outcome == "bug":
+            raise RuntimeError("a bug")
+        return 0
+
+    def exit_now(status):
+        left.append(status)
+        raise _Exited
+
+    monkeypatch.setattr(cli, "start_processes", lambda args: True)
+    monkeypatch.setattr(cli, "cmd_distill", run)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group",
+                        lambda: left.append("destroyed"))
+    monkeypatch.setattr(os, "_exit", exit_now)
+    with pytest.raises(RuntimeError if outcome == "bug" else _Exited):
+        cli.main(["distill", "--dataset", "ml-100k", "--out", str(tmp_path / "run")])
+    assert left == (["destroyed"] if code is None else ["destroyed", code])
