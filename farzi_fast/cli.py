@@ -672,7 +672,7 @@ def leave_processes(code: int) -> None:
     interpreter's teardown. On 2 busy cores about 1 two-rank run in 6 aborted there, after its
     work was done and saved (SIGABRT, "terminate called without an active exception", no
     Python frame left: a gloo thread outliving the interpreter), and torchrun then reports the
-    whole job failed; with this exit none did in 40 runs (benchmarks/NOTES.md, session 6)."""
+    whole job failed; with this exit none did in 61 runs (benchmarks/NOTES.md, session 6)."""
     torch.distributed.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
