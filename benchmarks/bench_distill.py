@@ -111,7 +111,9 @@ def baselines(results, task, cfg, device, draws: int):
                              test=metrics["test"], valid=metrics["valid"], step=0, seconds=0))
     else:
         counts = torch.bincount(task.data.train, minlength=task.data.vocab_size)
-    evaluate_source(results, task, cfg, "full data", rows, real_tokens(task, rows), device)
+    for seed in range(draws):  # the denominator of every "x full data": a mean too
+        evaluate_source(results, task, cfg, "full data", rows, real_tokens(task, rows), device,
+                        seed=seed)
     evaluate_source(results, task, cfg, "popularity summary",
                     popularity_summary(counts, mu, xi), mu * xi, device)
     for draw in range(draws):
@@ -241,7 +243,8 @@ def main(argv=None):
     parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--draws", type=int, default=3, help="random subsets drawn")
+    parser.add_argument("--draws", type=int, default=3,
+                        help="random subsets drawn, and full-data students trained (seeds)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--outer-steps", type=int, default=None,
                         help="override the preset's (ablations at a shorter budget)")

@@ -54,6 +54,7 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
     assert ("FarziData", "gru") in sources and ("random real sequences", "transformer") in sources
     assert ("teacher-labelled start (0 outer steps)", "transformer") in sources
     assert ("most popular (no model)", "-") in sources
+    assert {r["n"] for r in rows if r["source"] == "full data"} == {2}  # one per draw
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     again = bench_distill.run(task, cfg, [0], "default", 2, tmp_path, "t", torch.device("cpu"))
     assert (tmp_path / "t.jsonl").read_text().splitlines() == lines  # nothing redone
