@@ -123,7 +123,7 @@ def distill_problem(dataset, dtype=torch.float32, train=False, widen=False, devi
     padding_id = getattr(model, "padding_id", None)
 
     def loss_fn(f, t, logits):
-        return soft_loss(f, logits.softmax(-1))
+        return soft_loss(f, logits.softmax(-1), padding_id)
 
     def outer_fn(f):
         return hard_loss(f, real, padding_id)

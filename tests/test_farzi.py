@@ -15,6 +15,7 @@ from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained
                                       teacher_sequences)
 from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
 from farzi_fast.farzi.students import gru4rec, sasrec, transformer_lm
+from farzi_fast.farzi.train import hard_loss, soft_loss
 
 
 def tiny_student(data):
@@ -134,6 +135,46 @@ def test_gru4rec_reads_a_history_the_same_whatever_its_padding():
         model(torch.rand(1, 4, 20))
 
 
+def test_sasrec_reads_a_history_the_same_whatever_its_padding():
+    """Histories are left-padded, so a short row (a summary's, a random subset's) must sit at
+    the last positions, where the test histories' newest items are; a text window starts at
+    position 0."""
+    torch.manual_seed(0)
+    model = sasrec(20, max_len=6, dim=8, heads=2, layers=2, dropout=0.0).eval()
+    padded = model(torch.tensor([[0, 0, 3, 4, 5, 6]]))
+    alone = model(torch.tensor([[3, 4, 5, 6]]))
+    assert torch.allclose(padded[0, 2:], alone[0], atol=1e-5)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([[3, 4, 5, 6]]), 21).float()
+    assert torch.allclose(model(one_hot), alone, atol=1e-5)
+    lm = transformer_lm(13, max_len=7, dim=8, heads=2, layers=2, dropout=0.0).eval()
+    window = torch.randint(13, (1, 7))
+    assert torch.allclose(lm(window[:, :4]), lm(window)[:, :4], atol=1e-5)
+    with pytest.raises(ValueError, match="align must be 'left' or 'right'"):
+        type(lm)(13, max_len=7, align="middle")
+
+
+def test_students_skip_soft_padding_as_they_skip_padding_ids():
+    """A summary's positions before a short history hold the padding id: soft inputs must
+    read them as hard padding does (SASRec masks them, GRU4Rec packs past them), and the
+    soft loss must ignore them as targets, as the hard loss does."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    one_hot = torch.nn.functional.one_hot(ids, 21).float()
+    blurred = one_hot.clone()
+    blurred[0, :2] = 0.3 / 20  # padding positions with some mass elsewhere: still padding
+    blurred[0, :2, 0] = 0.7
+    for model in (sasrec(20, max_len=6, dim=8, heads=2, layers=2, dropout=0.0).eval(),
+                  gru4rec(20, max_len=6, dim=8, dropout=0.0).eval()):
+        hard = model(ids)
+        assert torch.allclose(model(one_hot), hard, atol=1e-5)
+        assert torch.allclose(model(blurred), hard, atol=1e-5)
+        assert torch.allclose(soft_loss(model, one_hot, padding_id=0),
+                              hard_loss(model, ids, padding_id=0), atol=1e-5)
+        # without a padding id every target counts: the padded row's two padding targets too
+        assert not torch.allclose(soft_loss(model, one_hot),
+                                  hard_loss(model, ids, padding_id=0), atol=1e-3)
+
+
 def test_students_refuse_bad_shapes_and_sizes():
     model = transformer_lm(13, max_len=7, dim=8, heads=2, layers=1)
     with pytest.raises(ValueError, match="soft inputs must be batch x seq x 13"):
@@ -220,18 +261,19 @@ def test_distill_lowers_the_meta_loss(movielens):
             callback=lambda step, loss, farzi: losses.append(loss),
             **(DISTILL | dict(inner_steps=5, inner_lr=0.05, outer_lr=0.1, outer_batch=2000,
                               pretrained_students=0, init="random")))
-    # measured 7.54 -> 7.45; seeds 1 and 2: -0.39, -0.23 (the inner loops' dropout masks)
+    # measured 7.55 -> 7.11; seeds 1 and 2: -0.17, -0.28 (the inner loops' dropout masks)
     assert losses[-1] < losses[0] - 0.05
 
 
 def test_distill_with_sgd_inner_loops_lowers_the_meta_loss(movielens):
     """The paper's ablation: plain SGD inner loops (unrolled autograd, not the engine)."""
     losses = []
-    distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=12,
+    distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=20,
             callback=lambda step, loss, farzi: losses.append(loss),
             **(DISTILL | dict(inner_steps=5, inner_lr=1.0, outer_lr=0.1, outer_batch=2000,
                               pretrained_students=0, init="random", inner_optimizer="sgd")))
-    assert losses[-1] < losses[0] - 0.05
+    # measured -0.072 (seeds 1, 2: -0.061, -0.051); SGD's 5 inner steps move less than Adam's
+    assert losses[-1] < losses[0] - 0.03
     with pytest.raises(ValueError, match="inner_optimizer must be one of"):
         distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
                 **(DISTILL | dict(inner_optimizer="rmsprop")))
@@ -251,10 +293,12 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
     with torch.no_grad():
         labels = teacher.eval()(rows[:, :-1])[:, -6:].softmax(-1)
     soft = teacher_sequences(teacher, train, config(1.0), g())
-    assert soft[..., 0].max() == 0  # the padding id never gets mass
+    assert soft[items != 0][:, 0].max() == 0  # a real position never gives padding mass
     expected = labels[..., 1:] / labels[..., 1:].sum(-1, keepdim=True)
-    assert torch.allclose(soft[..., 1:], expected, atol=1e-6)
-    assert (items == 0).any() and torch.allclose(real[items == 0], soft[items == 0])
+    assert torch.allclose(soft[items != 0][:, 1:], expected[items != 0], atol=1e-6)
+    # before a short history: padding, one-hot on the padding id, whatever the share
+    assert (items == 0).any() and torch.equal(real[items == 0], soft[items == 0])
+    assert torch.equal(soft[items == 0][:, 0], torch.ones(int((items == 0).sum())))
     half = teacher_sequences(teacher, train, config(0.5), g())
     assert torch.allclose(half.sum(-1), torch.ones(1), atol=1e-5)
     with pytest.raises(ValueError, match="size asks for sequences of 13 positions"):

@@ -168,8 +168,9 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
                       generator: torch.Generator) -> torch.Tensor:
     """The initial soft sequences: μ real rows drawn from `train`, their last ξ items, each
     position (1 - teacher_share) one-hot on the real item + teacher_share the teacher's
-    distribution for that item given the real history before it. Padding positions (short
-    histories) take the teacher's distribution alone, never the padding id."""
+    distribution for that item given the real history before it. Positions before a short
+    history are padding (one-hot on the padding id), which the students skip and the loss
+    ignores, as for a left-padded real row."""
     mu, xi = config.size
     if xi > train.shape[1] - 1:
         raise ValueError(f"size asks for sequences of {xi} positions but the real rows hold "
@@ -191,7 +192,7 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
     one_hot = nn.functional.one_hot(items, probs.shape[-1]).to(probs.dtype)
     mixed = (1 - config.teacher_share) * one_hot + config.teacher_share * probs
     if padding_id is not None:
-        mixed = torch.where((items == padding_id)[..., None], probs, mixed)
+        mixed = torch.where((items == padding_id)[..., None], one_hot, mixed)
     return mixed
 
 
@@ -247,7 +248,7 @@ def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anch
     """One inner loop from `init` on the summary, scored on `real`: (meta-loss, its gradient
     with respect to the summary's tensors)."""
     def inner_loss(f, t, *meta):
-        return soft_loss(f, farzi.soft(*meta))
+        return soft_loss(f, farzi.soft(*meta), padding_id)
 
     device = real.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

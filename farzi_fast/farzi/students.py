@@ -27,6 +27,13 @@ def check_inputs(x: torch.Tensor, vocab_size: int, max_len: int) -> None:
         raise ValueError(f"sequences of {x.shape[1]} exceed max_len={max_len}")
 
 
+def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
+    """Which positions of soft inputs (batch × seq × vocab) are padding: those holding most
+    of their mass on `padding_id`, as a summary's positions before a short history do (a
+    left-padded history, softly). None without a padding id."""
+    return None if padding_id is None else x[..., padding_id] > 0.5
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -71,18 +78,26 @@ class CausalTransformer(nn.Module):
 
     ``forward(x)`` takes hard ids (long, batch × seq) or soft inputs (float,
     batch × seq × vocab, rows summing to 1) and returns next-item logits, batch × seq × vocab.
-    With `padding_id` set, hard ids equal to it are padding: masked as keys and zero inputs.
+    With `padding_id` set, hard ids equal to it and soft positions whose mass sits on it
+    (`soft_padding`) are padding: masked as keys and zero inputs.
+    A sequence shorter than max_len takes the first positions (`align="left"`: a text window
+    starts at position 0) or the last ones (`align="right"`: histories are left-padded, so
+    the newest item always sits at position max_len - 1, however long the row).
     """
 
     def __init__(self, vocab_size: int, max_len: int, dim: int = 64, heads: int = 2,
-                 layers: int = 2, dropout: float = 0.1, padding_id: int | None = None):
+                 layers: int = 2, dropout: float = 0.1, padding_id: int | None = None,
+                 align: str = "left"):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim),
                             ("heads", heads), ("layers", layers)):
             require_int(name, value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if align not in ("left", "right"):
+            raise ValueError(f"align must be 'left' or 'right', got {align!r}")
         self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id
+        self.align = align
         self.embed = nn.Parameter(torch.randn(vocab_size, dim) * dim ** -0.5)
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
@@ -91,15 +106,17 @@ class CausalTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_inputs(x, self.vocab_size, self.max_len)
-        key_padding = None
         if x.is_floating_point():
-            h = x @ self.embed
+            h, key_padding = x @ self.embed, soft_padding(x, self.padding_id)
         else:
             h = self.embed[x]
-            if self.padding_id is not None:
-                key_padding = x == self.padding_id
-                h = h.masked_fill(key_padding[..., None], 0.0)
-        h = self.drop(h + self.pos[: x.shape[1]])
+            key_padding = None if self.padding_id is None else x == self.padding_id
+        if key_padding is not None:
+            h = h.masked_fill(key_padding[..., None], 0.0)
+        length = x.shape[1]
+        positions = self.pos[self.max_len - length:] if self.align == "right" else \
+            self.pos[:length]
+        h = self.drop(h + positions)
         for block in self.blocks:
             h = block(h, key_padding)
         return self.norm(h) @ self.embed.T
@@ -108,8 +125,10 @@ class CausalTransformer(nn.Module):
 def sasrec(num_items: int, max_len: int = 200, dim: int = 50, heads: int = 1, layers: int = 2,
            dropout: float = 0.2) -> CausalTransformer:
     """SASRec (Kang & McAuley, 2018) with the Farzi paper's defaults. Item ids are 1..num_items,
-    0 is padding; the vocabulary is num_items + 1."""
-    return CausalTransformer(num_items + 1, max_len, dim, heads, layers, dropout, padding_id=0)
+    0 is padding; the vocabulary is num_items + 1. Like the original, which left-pads every
+    sequence to max_len, a short row (a summary's) ends at the last position."""
+    return CausalTransformer(num_items + 1, max_len, dim, heads, layers, dropout, padding_id=0,
+                             align="right")
 
 
 def transformer_lm(vocab_size: int, max_len: int = 64, dim: int = 64, heads: int = 2,
@@ -123,8 +142,9 @@ class GRU4Rec(nn.Module):
     vocabulary. Used to check that a summary teaches architectures other than the one it was
     distilled with; it takes hard ids or soft inputs like CausalTransformer.
 
-    Hard inputs are left-padded (`padding_id`); the GRU runs over each row's real items only
-    (packed), so a history reads the same whatever its padding."""
+    Inputs are left-padded (`padding_id`: hard ids equal to it, soft positions whose mass
+    sits on it); the GRU runs over each row's real items only (packed), so a history reads
+    the same whatever its padding."""
 
     def __init__(self, vocab_size: int, max_len: int, dim: int = 64, layers: int = 1,
                  dropout: float = 0.2, padding_id: int | None = None):
@@ -143,17 +163,21 @@ class GRU4Rec(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_inputs(x, self.vocab_size, self.max_len)
-        if x.is_floating_point() or self.padding_id is None:
-            h, _ = self.gru(self.drop(x @ self.embed if x.is_floating_point() else self.embed[x]))
+        soft = x.is_floating_point()
+        if self.padding_id is None:
+            h, _ = self.gru(self.drop(x @ self.embed if soft else self.embed[x]))
             return self.out(self.drop(h))
         # left-padded rows -> left-aligned, packed by length, then back to their positions
         s = x.shape[1]
-        lengths = (x != self.padding_id).sum(1).clamp_min(1)
+        padding = soft_padding(x, self.padding_id) if soft else x == self.padding_id
+        lengths = (~padding).sum(1).clamp_min(1)
         shift = (torch.arange(s, device=x.device) + (s - lengths)[:, None]) % s
-        aligned = x.gather(1, shift)
-        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.embed[aligned]),
-                                                   lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        if soft:
+            inputs = x.gather(1, shift[..., None].expand_as(x)) @ self.embed
+        else:
+            inputs = self.embed[x.gather(1, shift)]
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(inputs), lengths.cpu(),
+                                                   batch_first=True, enforce_sorted=False)
         h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
                                                 total_length=s)
         unshift = (torch.arange(s, device=x.device) - (s - lengths)[:, None]) % s

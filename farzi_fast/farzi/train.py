@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from .students import soft_padding
+
 
 def hard_loss(model: nn.Module, batch: torch.Tensor, padding_id: int | None = None) -> torch.Tensor:
     """Next-item cross-entropy on rows of ids (batch × (L+1)); padding targets are ignored."""
@@ -17,10 +19,15 @@ def hard_loss(model: nn.Module, batch: torch.Tensor, padding_id: int | None = No
                                        ignore_index=-100 if padding_id is None else padding_id)
 
 
-def soft_loss(model: nn.Module, soft: torch.Tensor) -> torch.Tensor:
-    """Next-item cross-entropy against soft targets, for soft sequences (batch × L × V)."""
-    log_probs = model(soft[:, :-1]).log_softmax(-1)
-    return -(soft[:, 1:] * log_probs).sum(-1).mean()
+def soft_loss(model: nn.Module, soft: torch.Tensor, padding_id: int | None = None) -> torch.Tensor:
+    """Next-item cross-entropy against soft targets, for soft sequences (batch × L × V);
+    padding targets (`soft_padding`) are ignored, as `hard_loss` ignores padding ids."""
+    losses = -(soft[:, 1:] * model(soft[:, :-1]).log_softmax(-1)).sum(-1)
+    padding = soft_padding(soft[:, 1:], padding_id)
+    if padding is None:
+        return losses.mean()
+    real = (~padding).to(losses.dtype)
+    return (losses * real).sum() / real.sum().clamp_min(1.0)
 
 
 def random_subset(rows: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
@@ -56,8 +63,9 @@ def train_student(model: nn.Module, data: torch.Tensor, *, steps: int, lr: float
     for step in range(1, steps + 1):
         rows = torch.randint(len(data), (min(batch_size, len(data)),), generator=g)
         batch = data[rows].to(device)
-        loss = soft_loss(model, batch) if batch.is_floating_point() else \
-            hard_loss(model, batch, getattr(model, "padding_id", None))
+        padding_id = getattr(model, "padding_id", None)
+        loss = soft_loss(model, batch, padding_id) if batch.is_floating_point() else \
+            hard_loss(model, batch, padding_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
