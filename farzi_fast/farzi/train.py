@@ -59,11 +59,11 @@ def train_student(model: nn.Module, data: torch.Tensor, *, steps: int, lr: float
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
+    padding_id = getattr(model, "padding_id", None)
     model.train()
     for step in range(1, steps + 1):
         rows = torch.randint(len(data), (min(batch_size, len(data)),), generator=g)
         batch = data[rows].to(device)
-        padding_id = getattr(model, "padding_id", None)
         loss = soft_loss(model, batch, padding_id) if batch.is_floating_point() else \
             hard_loss(model, batch, padding_id)
         optimizer.zero_grad(set_to_none=True)
