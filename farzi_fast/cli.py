@@ -253,7 +253,8 @@ def cmd_distill(args) -> int:
         result = fit(lambda: task.student(**_student_args(args)).to(args.device),
                      farzi.soft().detach(), task,
                      validation_recipe(args), seed=args.seed)
-        write({"step": step, "valid": result.valid, "entropy": farzi.entropy()})
+        write({"step": step, "valid": result.valid,
+               "entropy": farzi.entropy(task.padding_id)})
         bar.set_postfix(valid=f"{result.valid[task.metric]:.4f}")
         return sign * result.valid[task.metric]
 

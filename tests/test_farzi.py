@@ -201,6 +201,22 @@ def test_farzi_data_soft_sample_save_load(tmp_path):
     assert torch.equal(back.soft(), soft) and back.temperature == 0.5
 
 
+def test_entropy_counts_no_padding_position():
+    vocab = 11
+    probs = torch.full((2, 4, vocab), 1 / (vocab - 1))
+    probs[..., 0] = 0  # real positions: uniform over the items, nothing on padding
+    probs[0, :2] = torch.nn.functional.one_hot(torch.tensor(0), vocab)  # a short history
+    probs[1, 0] = 0.6 / (vocab - 1)
+    probs[1, 0, 0] = 0.4  # some mass on the padding id, but not most: a real position
+    data = FarziData.from_distributions(probs, latent_dim=None)
+    real = torch.ones(2, 4, dtype=torch.bool)
+    real[0, :2] = False
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    assert data.entropy(padding_id=0) == pytest.approx(float(entropy[real].mean()), rel=1e-5)
+    assert data.entropy() == pytest.approx(float(entropy.mean()), rel=1e-5)
+    assert data.entropy(padding_id=0) > data.entropy()
+
+
 @pytest.mark.parametrize("args", [(0, 5, 11, 4), (3, 5, 11, -1), (3, 5, 0, 4)])
 def test_farzi_data_refuses_non_positive_sizes(args):
     with pytest.raises(ValueError, match="must be a positive int"):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .._checks import require_int
+from .summary import soft_padding
 
 
 def check_inputs(x: torch.Tensor, vocab_size: int, max_len: int) -> None:
@@ -25,13 +26,6 @@ def check_inputs(x: torch.Tensor, vocab_size: int, max_len: int) -> None:
         raise ValueError(f"hard inputs must be batch x seq ids, got {tuple(x.shape)}")
     if x.shape[1] > max_len:
         raise ValueError(f"sequences of {x.shape[1]} exceed max_len={max_len}")
-
-
-def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
-    """Which positions of soft inputs (batch × seq × vocab) are padding: those holding most
-    of their mass on `padding_id`, as a summary's positions before a short history do (a
-    left-padded history, softly). None without a padding id."""
-    return None if padding_id is None else x[..., padding_id] > 0.5
 
 
 class CausalSelfAttention(nn.Module):

@@ -15,6 +15,13 @@ FORMAT = "farzi_fast.FarziData"
 VERSION = 2  # 2: optional decoder (direct logits), integrity digest; optional vocabulary
 
 
+def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
+    """Which positions of soft sequences (... × seq × vocab) are padding: those holding most
+    of their mass on `padding_id`, as a summary's positions before a short history do (a
+    left-padded history, softly). None without a padding id."""
+    return None if padding_id is None else x[..., padding_id] > 0.5
+
+
 class FarziData(nn.Module):
     """μ soft sequences of ξ positions over a vocabulary of V, softmax(logits / τ).
 
@@ -100,11 +107,14 @@ class FarziData(nn.Module):
         tensors (the engine passes them in)."""
         return (self.logits(*meta) / self.temperature).softmax(-1)
 
-    def entropy(self) -> float:
-        """Mean entropy of a position's distribution, in nats (ln V is uniform)."""
+    def entropy(self, padding_id: int | None = None) -> float:
+        """Mean entropy of a position's distribution, in nats (ln V is uniform), over the
+        positions that are not padding (`soft_padding`) when `padding_id` is given."""
         with torch.no_grad():
             log_probs = (self.logits() / self.temperature).log_softmax(-1)
-            return float(-(log_probs.exp() * log_probs).sum(-1).mean())
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            padding = soft_padding(log_probs.exp(), padding_id)
+            return float(entropy.mean() if padding is None else entropy[~padding].mean())
 
     @torch.no_grad()
     def sample(self, generator: torch.Generator | None = None,

@@ -51,6 +51,11 @@ class Task:
         return self.data.vocabulary if self.recommends else self.data.vocab
 
     @property
+    def padding_id(self) -> int | None:
+        """The id that pads short histories (0 for interactions); text has none."""
+        return 0 if self.recommends else None
+
+    @property
     def titles(self) -> list[str] | None:
         return self.data.titles if self.recommends else None
 
