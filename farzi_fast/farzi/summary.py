@@ -112,8 +112,9 @@ class FarziData(nn.Module):
         positions that are not padding (`soft_padding`) when `padding_id` is given."""
         with torch.no_grad():
             log_probs = (self.logits() / self.temperature).log_softmax(-1)
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
-            padding = soft_padding(log_probs.exp(), padding_id)
+            probs = log_probs.exp()
+            entropy = -(probs * log_probs).sum(-1)
+            padding = soft_padding(probs, padding_id)
             return float(entropy.mean() if padding is None else entropy[~padding].mean())
 
     @torch.no_grad()
