@@ -158,7 +158,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
                        f"-seed{seed}.pt")
     mu, xi = cfg["size"]
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
-                 entropy=summary.entropy(task.padding_id), variant=variant)
+                 entropy=summary.entropy(), variant=variant)
     if "soft" in start_summary:  # what the outer loop started from
         evaluate_source(results, task, cfg, start_source(label), start_summary["soft"], mu * xi,
                         device, seed=seed)

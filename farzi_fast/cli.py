@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -38,7 +39,7 @@ from .farzi.parallel import RankFailureError, RankMismatchError, Ranks
 from .farzi.presets import preset
 from .farzi.protocol import Recipe, fit, fit_and_test
 from .farzi.files import atomic_save, safe_load
-from .farzi.summary import FarziData
+from .farzi.summary import FarziData, soft_padding
 from .farzi.tasks import ARCHITECTURES, language_task, load_task, recommendation_task
 from .farzi.text import load_text
 from .farzi.train import random_subset
@@ -254,7 +255,7 @@ def cmd_distill(args) -> int:
                      farzi.soft().detach(), task,
                      validation_recipe(args), seed=args.seed)
         write({"step": step, "valid": result.valid,
-               "entropy": farzi.entropy(task.padding_id)})
+               "entropy": farzi.entropy()})
         bar.set_postfix(valid=f"{result.valid[task.metric]:.4f}")
         return sign * result.valid[task.metric]
 
@@ -498,44 +499,55 @@ def popularity_comparison(farzi: FarziData, counts: torch.Tensor) -> dict:
 
 def cmd_inspect(args) -> int:
     farzi, path = _summary_of(args.run)
+    task = load_source(args, None) if args.dataset or args.interactions or args.text else None
+    if task is not None:
+        check_vocabulary(farzi, task, path)
     probs = farzi.soft().detach().cpu()
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # μ × ξ, nats
+    padding = soft_padding(probs, farzi.padding_id)
+    data = ~padding if padding is not None else torch.ones(entropy.shape, dtype=torch.bool)
+    # NaN at a position that is padding in every sequence: it holds no data to describe
+    entropy = entropy.masked_fill(~data, math.nan)
     names = farzi.vocabulary or [str(i) for i in range(farzi.vocab_size)]
     label = (lambda i: f"{names[i]} ({farzi.titles[i]})" if farzi.titles and farzi.titles[i]
              else names[i])
     mu, xi = farzi.size
     print(f"{path}: {mu} sequences x {xi} positions over {farzi.vocab_size} ids; mean entropy "
-          f"{float(entropy.mean()):.2f} nats (uniform: {float(torch.tensor(farzi.vocab_size).log()):.2f})")
+          f"{float(entropy.nanmean()):.2f} nats (uniform: "
+          f"{float(torch.tensor(farzi.vocab_size).log()):.2f})"
+          + (f"; {int((~data).sum())} positions are padding (id {farzi.padding_id}), left out"
+             if padding is not None else ""))
     for sequence in range(min(mu, args.sequences)):
-        mass = probs[sequence].sum(0)
+        real = data[sequence]
+        mass = probs[sequence, real].sum(0)
         top = mass.argsort(descending=True)[:args.top].tolist()
-        print(f"  sequence {sequence}: " + ", ".join(
-            f"{label(i)} {float(mass[i]) / xi:.3f}" for i in top))
+        print(f"  sequence {sequence} ({int(real.sum())} positions): " + ", ".join(
+            f"{label(i)} {float(mass[i]) / max(1, int(real.sum())):.3f}" for i in top))
+    per_position = entropy.nanmean(0)
     print("entropy per position (mean over sequences): " + " ".join(
-        f"{float(e):.2f}" for e in entropy.mean(0)))
+        "-" if math.isnan(e) else f"{e:.2f}" for e in per_position.tolist()))
     comparison = None
-    if args.dataset or args.interactions or args.text:
-        task = load_source(args, None)
-        check_vocabulary(farzi, task, path)
-        if task.recommends:
-            comparison = popularity_comparison(farzi, task.data.item_counts())
-            print("popularity: " + ", ".join(f"{k} {v:.3f}" for k, v in comparison.items()))
+    if task is not None and task.recommends:
+        comparison = popularity_comparison(farzi, task.data.item_counts())
+        print("popularity: " + ", ".join(f"{k} {v:.3f}" for k, v in comparison.items()))
     png = Path(args.png) if args.png else path.with_name("inspect.png")
-    _plot_inspection(entropy, probs, png)
+    _plot_inspection(per_position, probs[data], png)
     print(json.dumps({"png": str(png), "popularity": comparison}))
     return 0
 
 
 def _plot_inspection(entropy: torch.Tensor, probs: torch.Tensor, png: Path) -> None:
+    """`entropy`: the mean per position (NaN where every sequence is padding, left as a gap);
+    `probs`: the distributions of the positions that are not padding (N × V)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot(entropy.mean(0).numpy(), marker="o")
+    ax1.plot(entropy.numpy(), marker="o")
     ax1.set(xlabel="position", ylabel="entropy (nats)", title="entropy per position")
-    mass = probs.sum((0, 1))
+    mass = probs.sum(0)
     ax2.plot(mass.sort(descending=True).values.numpy() / float(mass.sum()))
     ax2.set(xscale="log", yscale="log", xlabel="id rank", ylabel="share of the summary's mass",
             title="how the summary spreads its mass")

@@ -212,9 +212,43 @@ def test_entropy_counts_no_padding_position():
     real = torch.ones(2, 4, dtype=torch.bool)
     real[0, :2] = False
     entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-    assert data.entropy(padding_id=0) == pytest.approx(float(entropy[real].mean()), rel=1e-5)
-    assert data.entropy() == pytest.approx(float(entropy.mean()), rel=1e-5)
-    assert data.entropy(padding_id=0) > data.entropy()
+    assert data.entropy() == pytest.approx(float(entropy.mean()), rel=1e-5)  # no padding id
+    without_padding = data.entropy()
+    data.padding_id = 0
+    assert data.entropy() == pytest.approx(float(entropy[real].mean()), rel=1e-5)
+    assert data.entropy() > without_padding
+
+
+def test_padding_id_is_saved_loaded_and_checked(tmp_path):
+    from farzi_fast.farzi.files import DIGEST_KEY, atomic_save
+
+    data = FarziData(2, 3, 7, latent_dim=None)
+    data.save(tmp_path / "none.pt")
+    assert FarziData.load(tmp_path / "none.pt").padding_id is None
+    data.padding_id = 0
+    data.save(tmp_path / "zero.pt")
+    assert FarziData.load(tmp_path / "zero.pt").padding_id == 0
+    state = torch.load(tmp_path / "zero.pt", weights_only=True)
+    del state["padding_id"]  # as an earlier release wrote it
+    atomic_save({k: v for k, v in state.items() if k != DIGEST_KEY}, tmp_path / "old.pt")
+    assert FarziData.load(tmp_path / "old.pt").padding_id is None
+    for bad in (7, -1, True, "0"):
+        state["padding_id"] = bad
+        atomic_save({k: v for k, v in state.items() if k != DIGEST_KEY}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=r"bad.pt: padding_id must be an id in \[0, 7\)"):
+            FarziData.load(tmp_path / "bad.pt")
+
+
+def test_distill_gives_the_summary_its_students_padding_id(movielens, tmp_path):
+    train = movielens.train_batch(12)
+    checkpoint = tmp_path / "ckpt.pt"
+    for resume in (False, True):  # a resumed run restores the summary from a checkpoint
+        summary = distill(tiny_student(movielens), train, outer_steps=1 + resume,
+                          checkpoint=checkpoint, resume=resume, **DISTILL)
+        assert summary.padding_id == 0
+    lm = distill(transformer_lm(movielens.num_items + 1, max_len=12), train, outer_steps=1,
+                 **DISTILL)
+    assert lm.padding_id is None  # a language model pads nothing
 
 
 @pytest.mark.parametrize("args", [(0, 5, 11, 4), (3, 5, 11, -1), (3, 5, 0, 4)])
@@ -378,6 +412,28 @@ def test_distill_returns_the_best_summary_on_validation(movielens):
 
 
 # --- command line ------------------------------------------------------------------------
+
+def test_cli_inspect_leaves_padding_out(tmp_path, capsys):
+    vocab = 6
+    probs = torch.full((2, 3, vocab), 0.0)
+    probs[..., 1:] = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1])  # real positions, item 1 first
+    pad = torch.nn.functional.one_hot(torch.tensor(0), vocab).float()
+    probs[:, 0] = pad  # position 0 is padding in both rows
+    probs[1, 1] = pad  # row 1 is shorter still
+    data = FarziData.from_distributions(probs, latent_dim=None)
+    data.describe(["<pad>", "a", "b", "c", "d", "e"])
+    data.padding_id = 0
+    data.save(tmp_path / "farzi.pt")
+    assert cli(["inspect", str(tmp_path / "farzi.pt"), "--top", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    real = -(probs[0, 1] * probs[0, 1].clamp_min(1e-30).log()).sum()  # every real one alike
+    assert f"mean entropy {float(real):.2f} nats" in lines[0]
+    assert "3 positions are padding (id 0), left out" in lines[0]
+    assert lines[1] == "  sequence 0 (2 positions): a 0.500"
+    assert lines[2] == "  sequence 1 (1 positions): a 0.500"
+    assert lines[3] == f"entropy per position (mean over sequences): - {real:.2f} {real:.2f}"
+    assert (tmp_path / "inspect.png").stat().st_size > 1000
+
 
 def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys):
     out = tmp_path / "run"

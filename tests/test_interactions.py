@@ -96,6 +96,7 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["dropped_users"] == 1
     summary = FarziData.load(run / "farzi.pt")
     assert summary.vocabulary[1] == "item-0" and summary.titles[1] == "Title item-0"
+    assert summary.padding_id == 0
 
     assert cli(["export", str(run), "--format", "csv", "--sample", "2", "--out",
                 str(tmp_path / "s.csv")]) == 0
@@ -110,7 +111,7 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
 
     assert cli(["inspect", str(run), "--interactions", str(log)]) == 0
     report = capsys.readouterr().out
-    assert "sequence 0:" in report and "entropy per position" in report
+    assert "sequence 0 (" in report and "entropy per position" in report
     assert 0 <= json.loads(report.splitlines()[-1])["popularity"]["real_mass_on_top10pct"] <= 1
     assert (run / "inspect.png").stat().st_size > 1000
 

@@ -226,15 +226,19 @@ def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConf
 
 def initial_summary(student, train, config, pool, teacher, vocab, generator) -> FarziData:
     """The summary the outer loop starts from: random logits, or teacher-labelled real
-    sequences (`teacher`, or `default_teacher`), drawn with `generator`."""
+    sequences (`teacher`, or `default_teacher`), drawn with `generator`; its padding id is
+    the student's."""
     if config.init == "random":
-        return FarziData(*config.size, vocab, config.latent_dim, config.temperature,
-                         generator=generator)
-    if teacher is None:
-        teacher = default_teacher(student, train, config, pool)
-    probs = teacher_sequences(teacher, train, config, generator)
-    return FarziData.from_distributions(probs, config.latent_dim, config.temperature,
-                                        generator=generator)
+        summary = FarziData(*config.size, vocab, config.latent_dim, config.temperature,
+                            generator=generator)
+    else:
+        if teacher is None:
+            teacher = default_teacher(student, train, config, pool)
+        probs = teacher_sequences(teacher, train, config, generator)
+        summary = FarziData.from_distributions(probs, config.latent_dim, config.temperature,
+                                               generator=generator)
+    summary.padding_id = getattr(student, "padding_id", None)
+    return summary
 
 
 def _loop_seed(seed: int, step: int, loop: int) -> int:
@@ -320,8 +324,9 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
              if resume and checkpoint is not None else None)
     if state is not None:
         pool = [{n: t.to(device) for n, t in p.items()} for p in state["pool"]]
-        farzi = _restore(state["summary"], config, vocab).to(device, dtype)
-        best = dict(state["best"], summary=_restore(state["best"]["summary"], config, vocab))
+        farzi = _restore(state["summary"], config, vocab, padding_id).to(device, dtype)
+        best = dict(state["best"],
+                    summary=_restore(state["best"]["summary"], config, vocab, padding_id))
         g.set_state(state["sampler_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, history = state["step"] + 1, list(state["history"])
@@ -410,10 +415,12 @@ def _tensors(farzi: FarziData | None) -> list | None:
     return None if farzi is None else [t.detach().cpu() for t in farzi.meta]
 
 
-def _restore(tensors: list | None, config: DistillConfig, vocab: int) -> FarziData | None:
+def _restore(tensors: list | None, config: DistillConfig, vocab: int,
+             padding_id: int | None) -> FarziData | None:
     if tensors is None:
         return None
     farzi = FarziData(*config.size, vocab, config.latent_dim, config.temperature)
+    farzi.padding_id = padding_id
     with torch.no_grad():
         for mine, saved in zip(farzi.meta, tensors):
             mine.copy_(saved)

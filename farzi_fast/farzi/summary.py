@@ -12,7 +12,7 @@ from .._checks import require_int
 from .files import atomic_save, safe_load
 
 FORMAT = "farzi_fast.FarziData"
-VERSION = 2  # 2: optional decoder (direct logits), integrity digest; optional vocabulary
+VERSION = 2  # 2: optional decoder (direct logits), integrity digest; optional vocabulary, padding_id
 
 
 def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
@@ -45,6 +45,9 @@ class FarziData(nn.Module):
         # it (the CLI, from the data set); saved with the summary so that it reads on its own
         self.vocabulary: list[str] | None = None
         self.titles: list[str] | None = None
+        # the id that pads short histories (distill() sets it from the student): positions
+        # holding it are no data (`soft_padding`), and `entropy`/`inspect` leave them out
+        self.padding_id: int | None = None
         if latent_dim is None:
             self.latent = nn.Parameter(
                 torch.randn(num_sequences, seq_len, vocab_size, generator=generator))
@@ -107,14 +110,14 @@ class FarziData(nn.Module):
         tensors (the engine passes them in)."""
         return (self.logits(*meta) / self.temperature).softmax(-1)
 
-    def entropy(self, padding_id: int | None = None) -> float:
+    def entropy(self) -> float:
         """Mean entropy of a position's distribution, in nats (ln V is uniform), over the
-        positions that are not padding (`soft_padding`) when `padding_id` is given."""
+        positions that are not padding (`soft_padding` on `padding_id`)."""
         with torch.no_grad():
             log_probs = (self.logits() / self.temperature).log_softmax(-1)
             probs = log_probs.exp()
             entropy = -(probs * log_probs).sum(-1)
-            padding = soft_padding(probs, padding_id)
+            padding = soft_padding(probs, self.padding_id)
             return float(entropy.mean() if padding is None else entropy[~padding].mean())
 
     @torch.no_grad()
@@ -133,7 +136,8 @@ class FarziData(nn.Module):
         atomic_save({"format": FORMAT, "version": VERSION, "temperature": self.temperature,
                      "latent": self.latent.detach().cpu(),
                      "decoder": self.decoder.detach().cpu() if self.factorised else None,
-                     "vocabulary": self.vocabulary, "titles": self.titles},
+                     "vocabulary": self.vocabulary, "titles": self.titles,
+                     "padding_id": self.padding_id},
                     path)
 
     def describe(self, vocabulary, titles=None) -> None:
@@ -174,4 +178,9 @@ class FarziData(nn.Module):
             data.describe(state.get("vocabulary"), state.get("titles"))
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+        padding_id = state.get("padding_id")  # absent from files of earlier releases
+        if padding_id is not None and not (type(padding_id) is int and 0 <= padding_id < vocab):
+            raise ValueError(f"{path}: padding_id must be an id in [0, {vocab}) or None, got "
+                             f"{padding_id!r}")
+        data.padding_id = padding_id
         return data.to(device) if device is not None else data
