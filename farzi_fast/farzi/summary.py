@@ -12,7 +12,8 @@ from .._checks import require_int
 from .files import atomic_save, safe_load
 
 FORMAT = "farzi_fast.FarziData"
-VERSION = 2  # 2: optional decoder (direct logits), integrity digest; optional vocabulary, padding_id
+# 2: optional decoder (direct logits), integrity digest; optional vocabulary and padding id
+VERSION = 2
 
 
 def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
