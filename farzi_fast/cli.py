@@ -519,10 +519,11 @@ def cmd_inspect(args) -> int:
              if padding is not None else ""))
     for sequence in range(min(mu, args.sequences)):
         real = data[sequence]
+        count = int(real.sum())
         mass = probs[sequence, real].sum(0)
         top = mass.argsort(descending=True)[:args.top].tolist()
-        print(f"  sequence {sequence} ({int(real.sum())} positions): " + ", ".join(
-            f"{label(i)} {float(mass[i]) / max(1, int(real.sum())):.3f}" for i in top))
+        print(f"  sequence {sequence} ({count} positions): " + ", ".join(
+            f"{label(i)} {float(mass[i]) / max(1, count):.3f}" for i in top))
     per_position = entropy.nanmean(0)
     print("entropy per position (mean over sequences): " + " ".join(
         "-" if math.isnan(e) else f"{e:.2f}" for e in per_position.tolist()))
