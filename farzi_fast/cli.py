@@ -39,7 +39,7 @@ from .farzi.parallel import RankFailureError, RankMismatchError, Ranks
 from .farzi.presets import preset
 from .farzi.protocol import Recipe, fit, fit_and_test
 from .farzi.files import atomic_save, safe_load
-from .farzi.summary import FarziData, soft_padding
+from .farzi.summary import FarziData
 from .farzi.tasks import ARCHITECTURES, language_task, load_task, recommendation_task
 from .farzi.text import load_text
 from .farzi.train import random_subset
@@ -503,11 +503,8 @@ def cmd_inspect(args) -> int:
     if task is not None:
         check_vocabulary(farzi, task, path)
     probs = farzi.soft().detach().cpu()
-    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # μ × ξ, nats
-    padding = soft_padding(probs, farzi.padding_id)
-    data = ~padding if padding is not None else torch.ones(entropy.shape, dtype=torch.bool)
-    # NaN at a position that is padding in every sequence: it holds no data to describe
-    entropy = entropy.masked_fill(~data, math.nan)
+    entropy = farzi.position_entropy().cpu()  # μ × ξ, NaN at padding (logits are finite)
+    data = ~entropy.isnan()
     names = farzi.vocabulary or [str(i) for i in range(farzi.vocab_size)]
     label = (lambda i: f"{names[i]} ({farzi.titles[i]})" if farzi.titles and farzi.titles[i]
              else names[i])
@@ -516,7 +513,7 @@ def cmd_inspect(args) -> int:
           f"{float(entropy.nanmean()):.2f} nats (uniform: "
           f"{float(torch.tensor(farzi.vocab_size).log()):.2f})"
           + (f"; {int((~data).sum())} positions are padding (id {farzi.padding_id}), left out"
-             if padding is not None else ""))
+             if farzi.padding_id is not None else ""))
     for sequence in range(min(mu, args.sequences)):
         real = data[sequence]
         count = int(real.sum())
@@ -524,7 +521,7 @@ def cmd_inspect(args) -> int:
         top = mass.argsort(descending=True)[:args.top].tolist()
         print(f"  sequence {sequence} ({count} positions): " + ", ".join(
             f"{label(i)} {float(mass[i]) / max(1, count):.3f}" for i in top))
-    per_position = entropy.nanmean(0)
+    per_position = entropy.nanmean(0)  # NaN where every sequence is padding
     print("entropy per position (mean over sequences): " + " ".join(
         "-" if math.isnan(e) else f"{e:.2f}" for e in per_position.tolist()))
     comparison = None

@@ -5,6 +5,8 @@ keeps the optimised part's memory independent of V, or held directly (μ × ξ �
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -111,15 +113,19 @@ class FarziData(nn.Module):
         tensors (the engine passes them in)."""
         return (self.logits(*meta) / self.temperature).softmax(-1)
 
-    def entropy(self) -> float:
-        """Mean entropy of a position's distribution, in nats (ln V is uniform), over the
-        positions that are not padding (`soft_padding` on `padding_id`)."""
+    def position_entropy(self) -> torch.Tensor:
+        """Entropy of each position's distribution, μ × ξ, in nats (ln V is uniform); NaN at
+        padding positions (`soft_padding` on `padding_id`), which hold no data."""
         with torch.no_grad():
             log_probs = (self.logits() / self.temperature).log_softmax(-1)
             probs = log_probs.exp()
             entropy = -(probs * log_probs).sum(-1)
             padding = soft_padding(probs, self.padding_id)
-            return float(entropy.mean() if padding is None else entropy[~padding].mean())
+            return entropy if padding is None else entropy.masked_fill(padding, math.nan)
+
+    def entropy(self) -> float:
+        """Mean entropy of the positions that are not padding, in nats."""
+        return float(self.position_entropy().nanmean())
 
     @torch.no_grad()
     def sample(self, generator: torch.Generator | None = None,
