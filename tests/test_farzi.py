@@ -135,6 +135,25 @@ def test_gru4rec_reads_a_history_the_same_whatever_its_padding():
         model(torch.rand(1, 4, 20))
 
 
+def test_gru4rec_skips_padding_wherever_it_sits():
+    """Padding in the middle or at the end of a row (a summary edited by hand, right-padded
+    data) is skipped like a left padding: the real items read as one history, and a padding
+    position outputs what the last real item before it does."""
+    torch.manual_seed(0)
+    model = gru4rec(20, max_len=6, dim=8, dropout=0.0).eval()
+    alone = model(torch.tensor([[3, 4, 5, 6]]))[0]
+    rows = torch.tensor([[3, 0, 4, 5, 0, 6], [3, 4, 5, 6, 0, 0], [0, 3, 4, 0, 5, 6]])
+    # the real item (or, at padding, the last real item) each position reads up to
+    upto = torch.tensor([[0, 0, 1, 2, 2, 3], [0, 1, 2, 3, 3, 3], [-1, 0, 1, 1, 2, 3]])
+    for x in (rows, torch.nn.functional.one_hot(rows, 21).float()):
+        out = model(x)
+        for row in range(len(rows)):
+            for pos in range(6):
+                i = int(upto[row, pos])
+                want = model.out.bias if i < 0 else alone[i]
+                assert torch.allclose(out[row, pos], want, atol=1e-5), (row, pos)
+
+
 def test_sasrec_reads_a_history_the_same_whatever_its_padding():
     """Histories are left-padded, so a short row (a summary's, a random subset's) must sit at
     the last positions, where the test histories' newest items are; a text window starts at

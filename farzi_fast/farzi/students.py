@@ -137,9 +137,10 @@ class GRU4Rec(nn.Module):
     vocabulary. Used to check that a summary teaches architectures other than the one it was
     distilled with; it takes hard ids or soft inputs like CausalTransformer.
 
-    Inputs are left-padded (`padding_id`: hard ids equal to it, soft positions whose mass
-    sits on it); the GRU runs over each row's real items only (packed), so a history reads
-    the same whatever its padding."""
+    Padding (`padding_id`: hard ids equal to it, soft positions whose mass sits on it) may
+    sit anywhere in a row: the GRU runs over the row's real items only (packed), so a
+    history reads the same whatever its padding, and a padding position outputs what the
+    last real item before it does (the no-history output when there is none)."""
 
     def __init__(self, vocab_size: int, max_len: int, dim: int = 64, layers: int = 1,
                  dropout: float = 0.2, padding_id: int | None = None):
@@ -162,21 +163,24 @@ class GRU4Rec(nn.Module):
         if self.padding_id is None:
             h, _ = self.gru(self.drop(x @ self.embed if soft else self.embed[x]))
             return self.out(self.drop(h))
-        # left-padded rows -> left-aligned, packed by length, then back to their positions
+        # each row's real items moved to its front in order, packed by count, run, then each
+        # position given the state after the last real item at or before it
         s = x.shape[1]
         padding = soft_padding(x, self.padding_id) if soft else x == self.padding_id
         lengths = (~padding).sum(1).clamp_min(1)
-        shift = (torch.arange(s, device=x.device) + (s - lengths)[:, None]) % s
+        order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)  # real items first
         if soft:
-            inputs = x.gather(1, shift[..., None].expand_as(x)) @ self.embed
+            inputs = x.gather(1, order[..., None].expand_as(x)) @ self.embed
         else:
-            inputs = self.embed[x.gather(1, shift)]
+            inputs = self.embed[x.gather(1, order)]
         packed = nn.utils.rnn.pack_padded_sequence(self.drop(inputs), lengths.cpu(),
                                                    batch_first=True, enforce_sorted=False)
         h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
                                                 total_length=s)
-        unshift = (torch.arange(s, device=x.device) - (s - lengths)[:, None]) % s
-        return self.out(self.drop(h.gather(1, unshift[..., None].expand_as(h))))
+        # how many real items lie at or before each position: 0 -> the no-history state
+        seen = (~padding).long().cumsum(1)
+        state = h.gather(1, (seen - 1).clamp_min(0)[..., None].expand_as(h))
+        return self.out(self.drop(torch.where((seen > 0)[..., None], state, 0.0)))
 
 
 def gru4rec(num_items: int, max_len: int = 200, dim: int = 64, layers: int = 1,
