@@ -82,7 +82,7 @@ class RecommendationData:
                                          padding_value=PADDING_ID)
 
     def item_counts(self) -> torch.Tensor:
-        """How often each id (PADDING_ID: always 0) occurs in the training sequences."""
+        """How often each id occurs in the training sequences (PADDING_ID: never)."""
         return torch.bincount(torch.cat(self.train_sequences()), minlength=self.num_items + 1)
 
     def train_batch(self, max_len: int) -> torch.Tensor:

@@ -120,8 +120,8 @@ class CausalTransformer(nn.Module):
 def sasrec(num_items: int, max_len: int = 200, dim: int = 50, heads: int = 1, layers: int = 2,
            dropout: float = 0.2) -> CausalTransformer:
     """SASRec (Kang & McAuley, 2018) with the Farzi paper's defaults. Item ids are 1..num_items,
-    PADDING_ID (0) is padding; the vocabulary is num_items + 1. Like the original, which left-pads every
-    sequence to max_len, a short row (a summary's) ends at the last position."""
+    PADDING_ID (0) is padding; the vocabulary is num_items + 1. Like the original, which
+    left-pads every sequence to max_len, a short row (a summary's) ends at the last position."""
     return CausalTransformer(num_items + 1, max_len, dim, heads, layers, dropout,
                              padding_id=PADDING_ID, align="right")
 
@@ -185,5 +185,5 @@ class GRU4Rec(nn.Module):
 
 def gru4rec(num_items: int, max_len: int = 200, dim: int = 64, layers: int = 1,
             dropout: float = 0.2) -> GRU4Rec:
-    """GRU4Rec over items 1..num_items, 0 padding (vocabulary num_items + 1)."""
+    """GRU4Rec over items 1..num_items, PADDING_ID (0) padding (vocabulary num_items + 1)."""
     return GRU4Rec(num_items + 1, max_len, dim, layers, dropout, padding_id=PADDING_ID)
