@@ -167,7 +167,8 @@ class GRU4Rec(nn.Module):
         # position given the state after the last real item at or before it
         s = x.shape[1]
         padding = soft_padding(x, self.padding_id) if soft else x == self.padding_id
-        lengths = (~padding).sum(1).clamp_min(1)
+        seen = (~padding).long().cumsum(1)  # real items at or before each position
+        lengths = seen[:, -1].clamp_min(1)
         order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)  # real items first
         if soft:
             inputs = x.gather(1, order[..., None].expand_as(x)) @ self.embed
@@ -177,8 +178,7 @@ class GRU4Rec(nn.Module):
                                                    batch_first=True, enforce_sorted=False)
         h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
                                                 total_length=s)
-        # how many real items lie at or before each position: 0 -> the no-history state
-        seen = (~padding).long().cumsum(1)
+        # a position before any real item takes the no-history (zero) state
         state = h.gather(1, (seen - 1).clamp_min(0)[..., None].expand_as(h))
         return self.out(self.drop(torch.where((seen > 0)[..., None], state, 0.0)))
 
