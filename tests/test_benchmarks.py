@@ -4,6 +4,7 @@ sessions that have the hardware to run them for real. No timing is asserted."""
 import json
 import math
 
+import pytest
 import torch
 
 from benchmarks import baselines, bench_engine, bench_kernels
@@ -80,3 +81,19 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
                                    torch.device("cpu"), with_baselines=False, start_only=True)
     assert {(r["source"], r["student"]) for r in start_rows} == {(start, "transformer"),
                                                                  (start, "gru")}
+
+
+def test_meta_gradient_benchmark_control_agrees_and_each_source_of_noise_bites(data_dir):
+    from benchmarks import bench_meta_gradient
+    from farzi_fast.farzi.presets import preset
+    from farzi_fast.farzi.tasks import load_task
+
+    cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
+                                          pretrain_steps=3, teacher_steps=5, outer_batch=16)
+    task = load_task("ml-100k", data_dir, cfg["max_len"])
+    result = bench_meta_gradient.run(task, cfg, "default", 3, 0, torch.device("cpu"))
+    cosines = {row["condition"]: row["cos_mean"] for row in result["rows"]}
+    assert list(cosines) == list(bench_meta_gradient.CONDITIONS)
+    control = cosines.pop("nothing (control)")
+    assert control == pytest.approx(1.0, abs=1e-12)  # the same loop twice: the same gradient
+    assert all(c < 0.999 for c in cosines.values()), cosines  # dropout masks included
