@@ -47,9 +47,14 @@ VARIANTS = {
     # 20 steps from a fresh student on a cpu-preset summary (of 1, 3, 10; 20 diverged), but
     # diverged from the pretrained starts at outer step 23 (meta-loss 2e19); 3 is next best
     "sgd-inner": dict(inner_optimizer="sgd", inner_lr=3.0),
-    # 4 inner loops (own pool start and real batch each) averaged per outer step: less
-    # variance in the meta-gradient, whose direction changes from step to step (NOTES.md)
+    # 4 or 8 inner loops (own pool start and real batch each) averaged per outer step: less
+    # variance in the meta-gradient, one loop's being nearly orthogonal to another's
+    # (bench_meta_gradient.py)
     "meta-batch-4": dict(meta_batch=4),
+    "meta-batch-8": dict(meta_batch=8),
+    # inner loops from scratch, as the evaluation students train: 100 steps from one of 16
+    # random initialisations (no pretraining; the teacher is the first, trained alone)
+    "scratch-100": dict(pretrained_students=16, pretrain_steps=0, inner_steps=100),
     # teachers trained for other lengths (ML-100K paper preset: 1000; PTB cpu: 400)
     "teacher-400": dict(teacher_steps=400),
     "teacher-1500": dict(teacher_steps=1500),
