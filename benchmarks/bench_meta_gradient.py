@@ -31,6 +31,12 @@ CONDITIONS = ("start, batch and dropout masks (an outer step's loops)", "real ba
               "start", "dropout masks", "nothing (control)")
 
 
+def loops_for_half(c: float):
+    """Loops k whose average agrees with another's at one half, k c / (1 + (k - 1) c) = 0.5:
+    at least one; none ("") when the loops share no direction (c <= 0)."""
+    return max(1, round((1 - c) / c)) if c > 0 else ""
+
+
 def run(task, cfg, variant: str, loops: int, seed: int, device) -> dict:
     """Meta-gradients of the seed's start under each condition; one row per condition."""
     config = DistillConfig(tuple(cfg["size"]), seed=seed, **run_settings(cfg, variant))
@@ -65,7 +71,7 @@ def run(task, cfg, variant: str, loops: int, seed: int, device) -> dict:
         rows.append(dict(condition=condition, loops=loops, cos_mean=c, cos_min=min(cosines),
                          cos_max=max(cosines), loss_mean=statistics.mean(losses),
                          loss_std=statistics.stdev(losses),
-                         loops_for_half=round((1 - c) / c) if 0 < c < 1 else ""))
+                         loops_for_half=loops_for_half(c)))
         print(rows[-1], flush=True)
     return dict(device=device_name(device), torch=torch.__version__, variant=variant,
                 seed=seed, config=config.as_dict(), rows=rows)
