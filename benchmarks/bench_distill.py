@@ -42,7 +42,7 @@ VARIANTS = {
     "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
     "real-init": dict(teacher_share=0.0),                # real sequences, no soft labels
     "outer-lr-0.1": dict(outer_lr=0.1),                  # 10x larger outer steps
-    "no-pretrained": dict(pretrained_students=0),        # inner loops from random inits
+    "no-pretrained": dict(pretrained_students=0),        # inner loops from one fresh init
     # plain SGD inner loops (unrolled autograd). lr: 10 gave the lowest real-data loss after
     # 20 steps from a fresh student on a cpu-preset summary (of 1, 3, 10; 20 diverged), but
     # diverged from the pretrained starts at outer step 23 (meta-loss 2e19); 3 is next best
@@ -63,6 +63,10 @@ VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "outer_lr",
                 "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
                 "teacher_steps")
+# The students that choose a run's summary start from other weights than the evaluation
+# students that score it (fit() draws both from its seed): a summary kept because it suits
+# one initialisation would otherwise be scored by that very initialisation.
+VALIDATION_SEED_OFFSET = 500_009
 EVALUATION = Recipe()  # every number in the table: one recipe for every data source
 VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)  # scoring summaries mid-run
 
@@ -149,15 +153,13 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     def validate(step, farzi):
         if step == 0:
             start_summary["soft"] = farzi.soft().detach().clone()
-        return sign * fit(make, farzi.soft().detach(), task, VALIDATION, seed).valid[task.metric]
+        return sign * fit(make, farzi.soft().detach(), task, VALIDATION,
+                          seed + VALIDATION_SEED_OFFSET).valid[task.metric]
 
-    teacher = None
-    if settings["pretrained_students"] == 0:  # the teacher must come from somewhere else
-        teacher = fit(make, task.train_rows(), task, EVALUATION, seed).student
     start = time.perf_counter()
     torch.manual_seed(seed)
     summary = distill(make(), task.train_rows(), size=cfg["size"], device=device, seed=seed,
-                      validate=validate, validate_every=eval_every, teacher=teacher, **settings)
+                      validate=validate, validate_every=eval_every, **settings)
     seconds = round(time.perf_counter() - start, 1)
     summary.save(out / f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}"
                        f"-seed{seed}.pt")

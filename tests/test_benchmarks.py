@@ -50,7 +50,15 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
                                           outer_steps=2, pretrain_steps=3, teacher_steps=5,
                                           eval_every=1, outer_batch=16)
     task = load_task("ml-100k", data_dir, cfg["max_len"])
+    seeds = {"validation": set(), "evaluation": set()}
+    for name, role in (("fit", "validation"), ("fit_and_test", "evaluation")):
+        def recording(*args, _fit=getattr(bench_distill, name), _role=role, **kwargs):
+            seeds[_role].add(args[4] if len(args) > 4 else kwargs.get("seed", 0))
+            return _fit(*args, **kwargs)
+        monkeypatch.setattr(bench_distill, name, recording)
     rows = bench_distill.run(task, cfg, [0], "default", 2, tmp_path, "t", torch.device("cpu"))
+    # the students choosing the summary never start from an evaluation student's weights
+    assert seeds["validation"] and not seeds["validation"] & seeds["evaluation"], seeds
     sources = {(r["source"], r["student"]) for r in rows}
     assert ("FarziData", "gru") in sources and ("random real sequences", "transformer") in sources
     assert ("teacher-labelled start (0 outer steps)", "transformer") in sources

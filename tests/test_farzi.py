@@ -393,8 +393,13 @@ def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
         config(teacher_steps=3)
     # without pretrained students, the teacher is trained from scratch for teacher_steps
     fresh = DistillConfig((4, 6), None, 1, 1, pretrained_students=0, teacher_steps=3)
-    scratch = default_teacher(student, train, fresh, pretrained_pool(student, train, fresh))
+    (start,) = pretrained_pool(student, train, fresh)
+    scratch = default_teacher(student, train, fresh, [start])
     assert not torch.equal(scratch.embed, student.embed)
+    # the one start is a fresh initialisation, not the caller's weights: a student built
+    # under the caller's seed (as an evaluation would) must not start where the loops do
+    assert all(not torch.equal(start[n], p) for n, p in student.named_parameters()
+               if n.endswith(("embed", "weight")) and p.dim() > 1)
     with pytest.raises(ValueError, match="needs a teacher"):
         nothing = DistillConfig((4, 6), None, 1, 1, pretrained_students=0, pretrain_steps=0)
         default_teacher(student, train, nothing, [])

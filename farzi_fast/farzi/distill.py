@@ -121,10 +121,14 @@ def _reset_parameters(model: nn.Module, seed: int) -> None:
 
 def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConfig) -> list:
     """Checkpoints (name -> tensor) every `pretrain_every` steps, and at the end, along the
-    trajectories of `pretrained_students` students trained on real data; with none, the
-    student's own initialisation only."""
+    trajectories of `pretrained_students` students trained on real data from their own fresh
+    initialisations; with none, the first such initialisation alone. Never the student's own
+    weights: an evaluation that builds its students as the caller built this one (same seed)
+    would otherwise score a student starting where every inner loop started."""
     if config.pretrained_students == 0:
-        return [_snapshot(student)]
+        model = copy.deepcopy(student)
+        _reset_parameters(model, config.seed * 1000)
+        return [_snapshot(model)]
     pool = []
     for i in range(config.pretrained_students):
         model = copy.deepcopy(student)
