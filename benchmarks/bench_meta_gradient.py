@@ -61,8 +61,8 @@ def run(task, cfg, variant: str, loops: int, seed: int, device) -> dict:
         losses, grads = [], []
         for start, batch, loop in zip(start_ids, batch_ids, loop_ids):
             # the very function an outer step calls, at outer step 1 (its dropout seeds)
-            loss, loop_grads = _inner_loop(student, summary, config, pool[start], train[batch],
-                                           task.padding_id, 1, loop, None, None)
+            loss, loop_grads, _ = _inner_loop(student, summary, config, pool[start],
+                                              train[batch], task.padding_id, 1, loop, None, None)
             losses.append(float(loss))
             grads.append(torch.cat([g.flatten() for g in loop_grads]).double())
         cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0))

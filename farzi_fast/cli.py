@@ -579,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--outer-batch", type=positive, default=None)
     d.add_argument("--teacher-share", type=float, default=None,
                    help="teacher's share of each initial position's distribution (0..1)")
-    d.add_argument("--pretrained-students", type=non_negative, default=None)
+    d.add_argument("--pretrained-students", type=non_negative, default=None,
+                   help="students trained on the real data whose checkpoints start the inner "
+                        "loops (0: every loop starts from one fresh initialisation)")
     d.add_argument("--pretrain-steps", type=positive, default=None)
     d.add_argument("--teacher-steps", type=positive, default=None,
                    help="training steps of the teacher that labels the start: the first "

@@ -254,7 +254,8 @@ def _loop_seed(seed: int, step: int, loop: int) -> int:
 def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anchor_every,
                 anchor_head):
     """One inner loop from `init` on the summary, scored on `real`: (meta-loss, its gradient
-    with respect to the summary's tensors)."""
+    with respect to the summary's tensors, the largest relative drift of the engine's
+    reconstructed states that an anchor corrected: 0 for SGD loops, unrolled by autograd)."""
     def inner_loss(f, t, *meta):
         return soft_loss(f, farzi.soft(*meta), padding_id)
 
@@ -275,7 +276,8 @@ def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anch
         meta_loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
                               padding_id)
         grads = torch.autograd.grad(meta_loss, farzi.meta)
-    return meta_loss.detach().double(), grads
+    report = getattr(trained, "report", None)
+    return meta_loss.detach().double(), grads, report.max_anchor_drift if report else 0.0
 
 
 def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer_steps,
@@ -370,12 +372,14 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
                  for _ in range(config.meta_batch)]
         grads = [torch.zeros_like(p) for p in farzi.meta]
         total = torch.zeros((), dtype=torch.float64, device=device)
+        drift = 0.0  # of this process's loops
         for loop in ranks.share(config.meta_batch):
             start_index, rows = draws[loop]
-            loss, loop_grads = _inner_loop(student, farzi, config, pool[start_index],
-                                           train[rows].to(device), padding_id, step, loop,
-                                           anchor_every, anchor_head)
+            loss, loop_grads, loop_drift = _inner_loop(
+                student, farzi, config, pool[start_index], train[rows].to(device), padding_id,
+                step, loop, anchor_every, anchor_head)
             total += loss
+            drift = max(drift, loop_drift)
             for acc, grad in zip(grads, loop_grads):
                 acc += grad
         ranks.sum_([total, *grads])
@@ -384,9 +388,17 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
             raise FloatingPointError(f"meta-loss is {value} at outer step {step}; the last "
                                      f"checkpoint was left as it was")
         if not all(bool(grad.isfinite().all()) for grad in grads):
+            # A reconstruction off by more than its own size: the trajectory amplifies
+            # rounding, and float32 meta-gradients lose every digit there, unrolled
+            # autograd's too (benchmarks/NOTES.md, session 13)
+            chaotic = (f"; the reverse pass found reconstructed states off by up to "
+                       f"{drift:.2g} times their size: the inner loop is chaotic at inner_lr "
+                       f"{config.inner_lr} and inner_steps {config.inner_steps}, lower either"
+                       if drift > 1 else "")
             raise FloatingPointError(f"the meta-gradient at outer step {step} is not finite "
-                                     f"(the meta-loss, {value:.6g}, is); the summary was not "
-                                     f"updated and the last checkpoint was left as it was")
+                                     f"(the meta-loss, {value:.6g}, is){chaotic}; the summary "
+                                     f"was not updated and the last checkpoint was left as it "
+                                     f"was")
         for p, grad in zip(farzi.meta, grads):
             p.grad = grad / config.meta_batch
         optimizer.step()
