@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .farzi.distill import changed_settings, distill
+from .farzi.distill import DistillConfig, changed_settings, distill
 from .farzi.interactions import load_interactions
 from .farzi.parallel import RankFailureError, RankMismatchError, Ranks
 from .farzi.presets import preset
@@ -149,9 +149,9 @@ def _student_args(args) -> dict:
 
 # the options a preset sets; an explicit value on the command line wins
 PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "latent_dim",
-                  "inner_steps", "outer_steps", "inner_lr", "outer_lr", "outer_batch",
-                  "teacher_share", "pretrained_students", "pretrain_steps", "teacher_steps",
-                  "eval_every")
+                  "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
+                  "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
+                  "teacher_steps", "eval_every")
 
 
 def _apply_preset(args) -> None:
@@ -185,6 +185,7 @@ def validation_recipe(args) -> Recipe:
 def cmd_distill(args) -> int:
     _apply_preset(args)
     ranks = Ranks.of()
+    DistillConfig(**_distill_settings(args))  # a bad setting is refused before any writing
     if args.meta_batch % ranks.world:
         raise ValueError(f"--meta-batch {args.meta_batch} is not divisible by the "
                          f"{ranks.world} processes: each runs the same number of inner loops")
@@ -282,14 +283,19 @@ def _validated_on_rank_0(step, farzi):
     raise AssertionError("validation runs on rank 0")
 
 
+def _distill_settings(args) -> dict:
+    """The DistillConfig fields the command line sets."""
+    return dict(size=tuple(args.size), latent_dim=args.latent_dim,
+                inner_steps=args.inner_steps, outer_steps=args.outer_steps,
+                inner_lr=args.inner_lr, inner_eps=args.inner_eps, outer_lr=args.outer_lr,
+                outer_batch=args.outer_batch, meta_batch=args.meta_batch,
+                teacher_share=args.teacher_share, pretrained_students=args.pretrained_students,
+                pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
+                seed=args.seed)
+
+
 def _distill(args, task, student, rows, checkpoint, on_step, validate) -> FarziData:
-    return distill(student, rows, size=args.size, latent_dim=args.latent_dim,
-                   inner_steps=args.inner_steps, outer_steps=args.outer_steps,
-                   inner_lr=args.inner_lr, outer_lr=args.outer_lr, outer_batch=args.outer_batch,
-                   meta_batch=args.meta_batch, teacher_share=args.teacher_share,
-                   pretrained_students=args.pretrained_students,
-                   pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
-                   seed=args.seed, device=args.device,
+    return distill(student, rows, **_distill_settings(args), device=args.device,
                    callback=on_step, checkpoint=checkpoint,
                    checkpoint_every=args.checkpoint_every, resume=args.resume,
                    validate=validate, validate_every=args.eval_every)
@@ -575,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--inner-steps", type=positive, default=None)
     d.add_argument("--outer-steps", type=positive, default=None)
     d.add_argument("--inner-lr", type=float, default=None)
+    d.add_argument("--inner-eps", type=float, default=None,
+                   help="eps of the inner loops' Adam (default: the preset's)")
     d.add_argument("--outer-lr", type=float, default=None)
     d.add_argument("--outer-batch", type=positive, default=None)
     d.add_argument("--teacher-share", type=float, default=None,

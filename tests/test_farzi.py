@@ -321,6 +321,8 @@ def test_distill_refuses_bad_input(movielens):
                 **(DISTILL | dict(inner_lr=float("inf"))))
     with pytest.raises(ValueError, match="inner_steps"):
         distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_steps=0)))
+    with pytest.raises(ValueError, match="inner_eps must be a finite number > 0"):
+        distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_eps=0.0)))
 
 
 def test_distill_lowers_the_meta_loss(movielens):
@@ -346,6 +348,40 @@ def test_distill_with_sgd_inner_loops_lowers_the_meta_loss(movielens):
     with pytest.raises(ValueError, match="inner_optimizer must be one of"):
         distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
                 **(DISTILL | dict(inner_optimizer="rmsprop")))
+
+
+def test_inner_loops_use_the_inner_eps(movielens):
+    """The inner Adam's eps reaches the engine: an outer step's meta-gradient is unroll()'s
+    with that eps, and differs from the one with torch's default."""
+    from torch.func import functional_call
+
+    import farzi_fast
+    from farzi_fast.farzi.distill import _inner_loop, _loop_seed
+
+    student, train = tiny_student(movielens), movielens.train_batch(12)
+    farzi = FarziData(4, 6, student.vocab_size, 4, generator=torch.Generator().manual_seed(0))
+    init = {n: p.detach().clone() for n, p in student.named_parameters()}
+    real = train[:32]
+
+    def meta_gradient(eps):
+        config = DistillConfig((4, 6), 4, 3, 1, inner_eps=eps)
+        return _inner_loop(student, farzi, config, init, real, student.padding_id, 1, 0,
+                           None, None)[1]
+
+    def by_hand(eps):
+        torch.manual_seed(_loop_seed(0, 1, 0))  # the dropout masks of outer step 1's loop
+        trained = farzi_fast.unroll(
+            student, lambda f, t, *meta: soft_loss(f, farzi.soft(*meta), student.padding_id),
+            3, meta=farzi.meta, lr=1e-2, eps=eps, init=init)
+        loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
+                         student.padding_id)
+        return torch.autograd.grad(loss, farzi.meta)
+
+    large = meta_gradient(1e-3)
+    for a, b in zip(large, by_hand(1e-3)):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, b, rtol=1e-3, atol=0)
+               for a, b in zip(large, meta_gradient(1e-8)))
 
 
 def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):

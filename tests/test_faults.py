@@ -125,6 +125,12 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert "--size 50x150" in capsys.readouterr().err
     assert cli(base + ["--teacher-steps", "300"]) == 2  # the cpu preset pretrains 400 steps
     assert "--teacher-steps 300 is less than --pretrain-steps 400" in capsys.readouterr().err
+    # refused by distill's own settings check, before the data is read or --out written
+    for option, value in (("--inner-lr", "-1"), ("--inner-eps", "0"), ("--outer-lr", "nan"),
+                          ("--teacher-share", "1.5")):
+        assert cli(base + [option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and option[2:].replace("-", "_") in err
     assert not (tmp_path / "run").exists()  # nothing written
     if not torch.cuda.is_available():
         assert cli(base + ["--device", "cuda"]) == 2

@@ -50,6 +50,11 @@ class DistillConfig:
     inner_steps: int
     outer_steps: int
     inner_lr: float = 1e-2
+    # the inner Adam's eps. Its update's derivative with respect to a gradient g is about
+    # 1/(|g| + eps), so with torch's 1e-8 the meta-gradient is dominated by the parameters
+    # whose gradients are tiniest (rare items), and two inner loops that differ only in their
+    # dropout masks give orthogonal meta-gradients (benchmarks/NOTES.md, session 14)
+    inner_eps: float = 1e-8
     outer_lr: float = 1e-2
     outer_batch: int = 256
     temperature: float = 1.0
@@ -86,7 +91,7 @@ class DistillConfig:
                 raise ValueError(f"teacher_steps ({self.teacher_steps}) must be >= "
                                  f"pretrain_steps ({self.pretrain_steps}): the teacher is the "
                                  f"first pretrained student, trained on")
-        for name in ("inner_lr", "outer_lr", "temperature", "pretrain_lr"):
+        for name in ("inner_lr", "inner_eps", "outer_lr", "temperature", "pretrain_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -268,7 +273,8 @@ def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anch
                                        meta=farzi.meta, lr=config.inner_lr, init=init)
             else:
                 trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
-                                 lr=config.inner_lr, init=init, anchor_every=anchor_every,
+                                 lr=config.inner_lr, eps=config.inner_eps, init=init,
+                                 anchor_every=anchor_every,
                                  anchor_head=anchor_head)
         except NonFiniteError as error:
             raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
