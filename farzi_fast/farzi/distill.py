@@ -385,7 +385,8 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
                 student, farzi, config, pool[start_index], train[rows].to(device), padding_id,
                 step, loop, anchor_every, anchor_head)
             total += loss
-            drift = max(drift, loop_drift)
+            if math.isnan(loop_drift) or loop_drift > drift:  # NaN (states lost) stays
+                drift = loop_drift
             for acc, grad in zip(grads, loop_grads):
                 acc += grad
         ranks.sum_([total, *grads])
@@ -397,10 +398,11 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
             # A reconstruction off by more than its own size: the trajectory amplifies
             # rounding, and float32 meta-gradients lose every digit there, unrolled
             # autograd's too (benchmarks/NOTES.md, session 13)
-            chaotic = (f"; the reverse pass found reconstructed states off by up to "
-                       f"{drift:.2g} times their size: the inner loop is chaotic at inner_lr "
-                       f"{config.inner_lr} and inner_steps {config.inner_steps}, lower either"
-                       if drift > 1 else "")
+            off = ("NaN" if math.isnan(drift) else
+                   f"off by up to {drift:.2g} times their size")
+            chaotic = (f"; the reverse pass found reconstructed states {off}: the inner loop "
+                       f"is chaotic at inner_lr {config.inner_lr} and inner_steps "
+                       f"{config.inner_steps}, lower either" if not drift <= 1 else "")
             raise FloatingPointError(f"the meta-gradient at outer step {step} is not finite "
                                      f"(the meta-loss, {value:.6g}, is){chaotic}; the summary "
                                      f"was not updated and the last checkpoint was left as it "
