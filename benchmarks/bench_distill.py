@@ -56,6 +56,7 @@ VARIANTS = {
     # parameters with the tiniest gradients (bench_meta_gradient: loops differing only in
     # dropout masks, cosine 0.004 -> 0.10)
     "inner-eps-1e-4": dict(inner_eps=1e-4),
+    "inner-eps-1e-4-meta-batch-8": dict(inner_eps=1e-4, meta_batch=8),
     # inner loops from scratch, as the evaluation students train: 100 steps from one of 16
     # random initialisations (no pretraining; the teacher is the first, trained alone)
     "scratch-100": dict(pretrained_students=16, pretrain_steps=0, inner_steps=100),
