@@ -3,6 +3,7 @@ sessions that have the hardware to run them for real. No timing is asserted."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -89,6 +90,58 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
                                    torch.device("cpu"), with_baselines=False, start_only=True)
     assert {(r["source"], r["student"]) for r in start_rows} == {(start, "transformer"),
                                                                  (start, "gru")}
+
+
+def test_distill_benchmark_run_cut_mid_distillation_continues_exactly(data_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    from benchmarks import bench_distill
+    from farzi_fast.farzi.presets import preset
+    from farzi_fast.farzi.protocol import Recipe
+    from farzi_fast.farzi.tasks import load_task
+
+    tiny = Recipe(max_steps=4, eval_every=2, patience=1)
+    monkeypatch.setattr(bench_distill, "VALIDATION", tiny)
+    monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
+    monkeypatch.setattr(bench_distill, "CHECKPOINT_EVERY", 1)
+    cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
+                                          outer_steps=3, pretrain_steps=3, teacher_steps=5,
+                                          eval_every=1, outer_batch=16, eval_students=["gru"])
+    task = load_task("ml-100k", data_dir, cfg["max_len"])
+
+    def run(out):
+        return bench_distill.run(task, cfg, [0], "default", 1, out, "t", torch.device("cpu"),
+                                 with_baselines=False)
+
+    whole = run(tmp_path / "whole")
+    distill = bench_distill.distill
+
+    def cut_after_step_2(*args, callback, **kwargs):
+        def cutting(step, loss, farzi):
+            callback(step, loss, farzi)
+            if step == 2:  # step 1's checkpoint is on disk, step 2's is not
+                raise KeyboardInterrupt
+        return distill(*args, callback=cutting, **kwargs)
+
+    monkeypatch.setattr(bench_distill, "distill", cut_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    assert (tmp_path / "cut" / "farzi-ml-100k-default-seed0.ckpt").exists()
+    monkeypatch.setattr(bench_distill, "distill", distill)
+    capsys.readouterr()
+    resumed = run(tmp_path / "cut")
+    steps = re.findall(r"outer step (\d+/\d+),", capsys.readouterr().out)
+    assert steps == ["2/3", "3/3"]  # step 1 was not redone
+    assert [r["mean"] for r in resumed] == [r["mean"] for r in whole]
+    assert {r["source"] for r in resumed} == {"FarziData", bench_distill.START}
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "t.jsonl").read_text().splitlines()]
+    assert [r.get("resumed") for r in rows if r["source"] == "FarziData"] == [True]
+    for name in ("whole", "cut"):  # the summaries, bit for bit; nothing left behind
+        files = sorted(p.name for p in (tmp_path / name).iterdir())
+        assert files == ["farzi-ml-100k-default-seed0.pt", "t.jsonl"], files
+    whole_latent, cut_latent = (
+        torch.load(tmp_path / name / "farzi-ml-100k-default-seed0.pt", weights_only=True)["latent"]
+        for name in ("whole", "cut"))
+    assert torch.equal(whole_latent, cut_latent)
 
 
 def test_meta_gradient_benchmark_control_agrees_and_each_source_of_noise_bites(data_dir):
