@@ -52,10 +52,15 @@ def test_ptb_vocabulary_from_training_file(data_dir):
     assert [data.vocab[i] for i in data.train[: len(first) + 1]] == first + ["<eos>"]
 
 
-def test_missing_files_say_where_they_looked(tmp_path, monkeypatch):
+def test_missing_files_say_where_they_looked(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FARZI_FAST_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="Looked in: .*nowhere.*grouplens"):
-        load_movielens_100k(tmp_path)
+        load_movielens_100k()
+    # a path given is the only place looked in: the data elsewhere must not pass for it
+    monkeypatch.setenv("FARZI_FAST_DATA", str(data_dir))
+    with pytest.raises(FileNotFoundError, match="Looked in: [^,]*empty/u.data, [^,]*empty/"
+                                                "ml-100k/u.data. Get it"):
+        load_movielens_100k(tmp_path / "empty")
 
 
 def test_ptb_splits_come_from_one_folder(data_dir, tmp_path, monkeypatch):

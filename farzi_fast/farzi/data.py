@@ -1,5 +1,6 @@
 """Event-sequence data sets: MovieLens-100K (sequential recommendation) and Penn Treebank
-(language modelling). Files are read from a path argument, then $FARZI_FAST_DATA, then
+(language modelling). Files are read from a path argument when one is given (and only there:
+data from elsewhere would pass for it), otherwise from $FARZI_FAST_DATA, then
 ~/.cache/farzi_fast; nothing is ever downloaded.
 """
 
@@ -22,9 +23,9 @@ PADDING_ID = 0
 
 
 def _candidates(path) -> list[Path]:
-    places = []
     if path is not None:
-        places.append(Path(path))
+        return [Path(path)]
+    places = []
     if os.environ.get("FARZI_FAST_DATA"):
         places.append(Path(os.environ["FARZI_FAST_DATA"]))
     places.append(Path.home() / ".cache" / "farzi_fast")
