@@ -4,6 +4,7 @@ and the command line. Small configurations: these check behaviour, not the paper
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -413,6 +414,24 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
     assert torch.allclose(half.sum(-1), torch.ones(1), atol=1e-5)
     with pytest.raises(ValueError, match="size asks for sequences of 13 positions"):
         teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
+
+
+def test_a_start_the_outer_loop_cannot_move_is_reported(movielens):
+    """One-hot rows (teacher_share=0) are logits at log(tiny): the softmax is saturated, the
+    meta-gradient ~1e-38, far below the outer Adam's eps, and the summary never moves
+    (measured on the cpu preset: every soft token unchanged). distill() says so."""
+    train = movielens.train_batch(12)
+    after_step_1 = {}
+    with pytest.warns(RuntimeWarning, match="outer step 1 moved no soft token"):
+        frozen = distill(tiny_student(movielens), train, outer_steps=2, teacher_share=0.0,
+                         callback=lambda step, loss, f: after_step_1.setdefault(
+                             "soft", f.soft().detach().clone()),
+                         **(DISTILL | dict(latent_dim=None)))
+    assert torch.equal(frozen.soft(), after_step_1["soft"])  # nor did step 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.5,
+                **(DISTILL | dict(latent_dim=None)))
 
 
 def test_default_teacher_trains_the_first_pretrained_student_on(movielens):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -409,7 +410,16 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
                                      f"was")
         for p, grad in zip(farzi.meta, grads):
             p.grad = grad / config.meta_batch
+        before = farzi.soft().detach() if step == start else None
         optimizer.step()
+        if before is not None and torch.equal(before, farzi.soft().detach()):
+            # e.g. one-hot rows (teacher_share=0): logits at log(tiny), a saturated softmax
+            # whose meta-gradient (~1e-38) is far below the outer Adam's eps
+            warnings.warn(f"outer step {step} moved no soft token of the summary: its softmax "
+                          f"is saturated (one-hot rows, as teacher_share=0 makes, have logits "
+                          f"at the float's log(tiny)) and the outer loop cannot move it; give "
+                          f"the start some soft mass (teacher_share > 0)", RuntimeWarning,
+                          stacklevel=2)
         history.append(value)
         if validate is not None and validate_every and (step % validate_every == 0 or
                                                         step == config.outer_steps):
