@@ -38,7 +38,9 @@ def test_parse_size():
     assert parse_size("4M") == 4 << 20 and parse_size("64K") == 65536 and parse_size("7") == 7
 
 
-def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
+def tiny_distill_benchmark(data_dir, monkeypatch, **overrides):
+    """bench_distill with students trained for 4 steps, and a tiny cpu-preset configuration
+    (`overrides` on top) with its ML-100K task: (bench_distill, task, cfg)."""
     from benchmarks import bench_distill
     from farzi_fast.farzi.presets import preset
     from farzi_fast.farzi.protocol import Recipe
@@ -49,8 +51,12 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
     monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
     cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
                                           outer_steps=2, pretrain_steps=3, teacher_steps=5,
-                                          eval_every=1, outer_batch=16)
-    task = load_task("ml-100k", data_dir, cfg["max_len"])
+                                          eval_every=1, outer_batch=16) | overrides
+    return bench_distill, load_task("ml-100k", data_dir, cfg["max_len"]), cfg
+
+
+def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
     seeds = {"validation": set(), "evaluation": set()}
     for name, role in (("fit", "validation"), ("fit_and_test", "evaluation")):
         def recording(*args, _fit=getattr(bench_distill, name), _role=role, **kwargs):
@@ -94,19 +100,9 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
 
 def test_distill_benchmark_run_cut_mid_distillation_continues_exactly(data_dir, tmp_path,
                                                                       monkeypatch, capsys):
-    from benchmarks import bench_distill
-    from farzi_fast.farzi.presets import preset
-    from farzi_fast.farzi.protocol import Recipe
-    from farzi_fast.farzi.tasks import load_task
-
-    tiny = Recipe(max_steps=4, eval_every=2, patience=1)
-    monkeypatch.setattr(bench_distill, "VALIDATION", tiny)
-    monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch, outer_steps=3,
+                                                      eval_students=["gru"])
     monkeypatch.setattr(bench_distill, "CHECKPOINT_EVERY", 1)
-    cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
-                                          outer_steps=3, pretrain_steps=3, teacher_steps=5,
-                                          eval_every=1, outer_batch=16, eval_students=["gru"])
-    task = load_task("ml-100k", data_dir, cfg["max_len"])
 
     def run(out):
         return bench_distill.run(task, cfg, [0], "default", 1, out, "t", torch.device("cpu"),
