@@ -45,6 +45,12 @@ VARIANTS = {
     # real sequences, no soft labels: a start only, as one-hot rows saturate the softmax and
     # the outer loop cannot move them (distill() warns; benchmarks/NOTES.md, session 15)
     "real-init": dict(teacher_share=0.0),
+    # the same rows with half of each position's mass spread evenly over the items, so no
+    # teacher and a softmax the outer loop can move: whether it teaches when it has room
+    # (the start is far below the teacher's, where every other row starts)
+    "real-init-uniform-0.5": dict(teacher_share=0.5, uniform_labels=True),
+    "real-init-uniform-0.5-outer-lr-0.1-inner-eps-1e-4": dict(
+        teacher_share=0.5, uniform_labels=True, outer_lr=0.1, inner_eps=1e-4),
     "outer-lr-0.1": dict(outer_lr=0.1),                  # 10x larger outer steps
     "no-pretrained": dict(pretrained_students=0),        # inner loops from one fresh init
     # plain SGD inner loops (unrolled autograd). lr: 10 gave the lowest real-data loss after
@@ -61,6 +67,7 @@ VARIANTS = {
     # dropout masks, cosine 0.004 -> 0.10)
     "inner-eps-1e-4": dict(inner_eps=1e-4),
     "inner-eps-1e-4-meta-batch-8": dict(inner_eps=1e-4, meta_batch=8),
+    "outer-lr-0.1-inner-eps-1e-4": dict(outer_lr=0.1, inner_eps=1e-4),
     # inner loops from scratch, as the evaluation students train: 100 steps from one of 16
     # random initialisations (no pretraining; the teacher is the first, trained alone)
     "scratch-100": dict(pretrained_students=16, pretrain_steps=0, inner_steps=100),
@@ -69,6 +76,7 @@ VARIANTS = {
     "teacher-1500": dict(teacher_steps=1500),
 }
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
+BENCH_KEYS = ("eval_every", "uniform_labels")  # read by this script, not passed to distill()
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
                 "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
                 "teacher_steps")
@@ -79,6 +87,26 @@ VALIDATION_SEED_OFFSET = 500_009
 EVALUATION = Recipe()  # every number in the table: one recipe for every data source
 VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)  # scoring summaries mid-run
 CHECKPOINT_EVERY = 5  # outer steps between a run's checkpoints (a few seconds each at most)
+
+
+class UniformLabels(torch.nn.Module):
+    """A teacher that predicts every item alike: labels the start with the uniform
+    distribution (teacher_share of it), and knows nothing of the data."""
+
+    def __init__(self, vocab_size: int, padding_id):
+        super().__init__()
+        self.vocab_size, self.padding_id = vocab_size, padding_id
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # where distill looks for a device
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*ids.shape, self.vocab_size, device=ids.device)
+
+
+def variant_teacher(variant: str, student):
+    """The teacher a variant labels its start with; None: distill()'s default one."""
+    if VARIANTS[variant].get("uniform_labels"):
+        return UniformLabels(student.vocab_size, getattr(student, "padding_id", None))
+    return None
 
 
 class Results:
@@ -176,7 +204,9 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
 
     start = time.perf_counter()
     torch.manual_seed(seed)
-    summary = distill(make(), task.train_rows(), size=cfg["size"], device=device, seed=seed,
+    student = make()
+    summary = distill(student, task.train_rows(), size=cfg["size"], device=device, seed=seed,
+                      teacher=variant_teacher(variant, student),
                       validate=validate, validate_every=eval_every, callback=progress,
                       checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY, resume=True,
                       **settings)
@@ -219,7 +249,8 @@ def start_run(results, task, cfg, device, seed: int, variant: str = "default"):
     config = start_config(cfg, seed, variant)
     train = task.train_rows()
     pool = pretrained_pool(student, train, config)
-    start = initial_summary(student, train.to(device), config, pool, None, student.vocab_size,
+    start = initial_summary(student, train.to(device), config, pool,
+                            variant_teacher(variant, student), student.vocab_size,
                             torch.Generator().manual_seed(seed))
     mu, xi = cfg["size"]
     evaluate_source(results, task, cfg, name, start.soft().detach(), mu * xi, device, seed=seed)
