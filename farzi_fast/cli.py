@@ -289,7 +289,8 @@ def _distill_settings(args) -> dict:
                 inner_steps=args.inner_steps, outer_steps=args.outer_steps,
                 inner_lr=args.inner_lr, inner_eps=args.inner_eps, outer_lr=args.outer_lr,
                 outer_batch=args.outer_batch, meta_batch=args.meta_batch,
-                teacher_share=args.teacher_share, pretrained_students=args.pretrained_students,
+                teacher_share=args.teacher_share, uniform_share=args.uniform_share,
+                pretrained_students=args.pretrained_students,
                 pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
                 seed=args.seed)
 
@@ -587,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--outer-batch", type=positive, default=None)
     d.add_argument("--teacher-share", type=float, default=None,
                    help="teacher's share of each initial position's distribution (0..1)")
+    d.add_argument("--uniform-share", type=float, default=0.0,
+                   help="share of each initial position's distribution spread evenly over "
+                        "the items (0..1): gives one-hot rows (--teacher-share 0) a softmax "
+                        "the outer loop can move")
     d.add_argument("--pretrained-students", type=non_negative, default=None,
                    help="students trained on the real data whose checkpoints start the inner "
                         "loops (0: every loop starts from one fresh initialisation)")

@@ -62,29 +62,6 @@ def test_distill_benchmark_variants_name_only_known_settings():
     assert {v: set(o) - known for v, o in b.VARIANTS.items() if set(o) - known} == {}
 
 
-def test_uniform_labels_start_is_half_the_real_item_half_every_item(data_dir):
-    from benchmarks import bench_distill
-    from farzi_fast.farzi.distill import DistillConfig, teacher_sequences
-    from farzi_fast.farzi.tasks import load_task
-
-    task = load_task("ml-100k", data_dir, max_len=50)  # long enough for short rows' padding
-    student = task.student(dim=8, heads=1, layers=1)
-    teacher = bench_distill.variant_teacher("real-init-uniform-0.5", student)
-    assert bench_distill.variant_teacher("default", student) is None
-    rows = task.train_rows()
-    config = DistillConfig((6, 50), None, 1, 1, teacher_share=0.5)
-    probs = teacher_sequences(teacher, rows, config, torch.Generator().manual_seed(0))
-    drawn = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:6], -50:]
-    items = drawn != task.padding_id
-    assert items.any() and (~items).any()  # both kinds of position are checked
-    others = 0.5 / (student.vocab_size - 1)  # every item but padding
-    want = torch.full_like(probs, others)
-    want[..., task.padding_id] = 0.0
-    want.scatter_add_(-1, drawn[..., None], torch.full_like(probs[..., :1], 0.5))
-    assert torch.allclose(probs[items], want[items])
-    assert torch.equal(probs[~items].argmax(-1), torch.full_like(drawn[~items], task.padding_id))
-
-
 def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
     seeds = {"validation": set(), "evaluation": set()}

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from farzi_fast import FarziData, distill
 from farzi_fast.cli import main as cli
@@ -416,6 +417,33 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
         teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
 
 
+def test_uniform_share_spreads_mass_evenly_over_the_items_but_padding(movielens):
+    train = movielens.train_batch(12)
+    train[0, :-3] = 0  # a short history: padded positions
+    teacher = tiny_student(movielens)
+    vocab = teacher.vocab_size
+    config = lambda **kw: DistillConfig((len(train), 6), None, 1, 1, **kw)
+    g = lambda: torch.Generator().manual_seed(0)
+    items = train[torch.randperm(len(train), generator=g())][:, -6:]
+    real, pad = items != 0, items == 0
+    evenly = torch.full((vocab,), 1 / (vocab - 1))
+    evenly[0] = 0.0
+    # no teacher needed: half on the real item, half on every item but padding
+    half = teacher_sequences(None, train, config(teacher_share=0.0, uniform_share=0.5), g(),
+                             vocab, padding_id=0)
+    want = 0.5 * nn.functional.one_hot(items, vocab).float() + 0.5 * evenly
+    assert torch.allclose(half[real], want[real], atol=1e-7)
+    assert torch.equal(half[pad], nn.functional.one_hot(items[pad], vocab).float())
+    # with the teacher: its labels keep (1 - uniform_share) of their mass
+    labels = teacher_sequences(teacher, train, config(teacher_share=1.0), g())
+    mixed = teacher_sequences(teacher, train, config(teacher_share=1.0, uniform_share=0.25), g())
+    assert torch.allclose(mixed[real], 0.75 * labels[real] + 0.25 * evenly, atol=1e-7)
+    assert torch.equal(mixed[pad], labels[pad])
+    for share in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="uniform_share must lie in"):
+            config(uniform_share=share)
+
+
 def test_a_start_the_outer_loop_cannot_move_is_reported(movielens):
     """One-hot rows (teacher_share=0) are logits at log(tiny): the softmax is saturated, the
     meta-gradient ~1e-38, far below the outer Adam's eps, and the summary never moves
@@ -432,6 +460,8 @@ def test_a_start_the_outer_loop_cannot_move_is_reported(movielens):
         warnings.simplefilter("error", RuntimeWarning)
         distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.5,
                 **(DISTILL | dict(latent_dim=None)))
+        distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.0,
+                uniform_share=0.5, **(DISTILL | dict(latent_dim=None)))
 
 
 def test_default_teacher_trains_the_first_pretrained_student_on(movielens):

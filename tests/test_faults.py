@@ -127,7 +127,7 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert "--teacher-steps 300 is less than --pretrain-steps 400" in capsys.readouterr().err
     # refused by distill's own settings check, before the data is read or --out written
     for option, value in (("--inner-lr", "-1"), ("--inner-eps", "0"), ("--outer-lr", "nan"),
-                          ("--teacher-share", "1.5")):
+                          ("--teacher-share", "1.5"), ("--uniform-share", "-0.5")):
         assert cli(base + [option, value]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and option[2:].replace("-", "_") in err

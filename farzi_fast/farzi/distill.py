@@ -6,7 +6,9 @@ steps do well on real data (Sachdeva et al., arXiv 2310.09983).
    `teacher_steps`, is the default teacher.
 2. Initialisation: μ real sequences (their last ξ items), each position's one-hot item mixed
    with the teacher's next-item distribution at that point of the sequence (soft labels:
-   `teacher_share` of the mass). The teacher's quality bounds the summary's. Starting from
+   `teacher_share` of the mass), and `uniform_share` of it spread evenly over the items (a
+   softmax the outer loop can move: one-hot rows are saturated). The teacher's quality bounds
+   the summary's. Starting from
    random logits, as the paper does, the outer loop never even reaches the popularity
    summary on a CPU budget (benchmarks/NOTES.md).
 3. Each outer step: draw a start point from the pool, train the student on the soft
@@ -61,6 +63,10 @@ class DistillConfig:
     temperature: float = 1.0
     init: str = "teacher"          # "teacher" (real sequences, soft labels) or "random"
     teacher_share: float = 1.0     # the teacher's part of each position's distribution
+    # the part of each position's mass spread evenly over the items, after the teacher's and
+    # the real item's: one-hot rows (teacher_share=0) are a saturated softmax whose
+    # meta-gradient is ~1e-38, so without it the outer loop cannot move them
+    uniform_share: float = 0.0
     pretrained_students: int = 2
     pretrain_steps: int = 400
     pretrain_every: int = 50       # checkpoint spacing along each pretraining trajectory
@@ -101,8 +107,10 @@ class DistillConfig:
                              f"{self.inner_optimizer!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if not 0.0 <= self.teacher_share <= 1.0:
-            raise ValueError(f"teacher_share must lie in [0, 1], got {self.teacher_share!r}")
+        for name in ("teacher_share", "uniform_share"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -174,13 +182,16 @@ def _check_student(student, train: torch.Tensor):
     return vocab
 
 
-def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillConfig,
-                      generator: torch.Generator) -> torch.Tensor:
+def teacher_sequences(teacher: nn.Module | None, train: torch.Tensor, config: DistillConfig,
+                      generator: torch.Generator, vocab_size: int | None = None,
+                      padding_id: int | None = None) -> torch.Tensor:
     """The initial soft sequences: μ real rows drawn from `train`, their last ξ items, each
     position (1 - teacher_share) one-hot on the real item + teacher_share the teacher's
-    distribution for that item given the real history before it. Positions before a short
-    history are padding (one-hot on the padding id), which the students skip and the loss
-    ignores, as for a left-padded real row."""
+    distribution for that item given the real history before it, and of that mixture
+    `uniform_share` replaced by the uniform distribution over the items. Positions before a
+    short history are padding (one-hot on the padding id), which the students skip and the
+    loss ignores, as for a left-padded real row. `vocab_size` and `padding_id` are the
+    teacher's unless given: give them when `teacher` is None (only with teacher_share 0)."""
     mu, xi = config.size
     if xi > train.shape[1] - 1:
         raise ValueError(f"size asks for sequences of {xi} positions but the real rows hold "
@@ -188,22 +199,41 @@ def teacher_sequences(teacher: nn.Module, train: torch.Tensor, config: DistillCo
     rows = train[torch.randperm(len(train), generator=generator)[:mu]]
     if len(rows) < mu:  # fewer real rows than summary sequences: draw with repetition
         rows = train[torch.randint(len(train), (mu,), generator=generator)]
-    device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    with torch.no_grad():
-        probs = teacher(rows[:, :-1].to(device))[:, -xi:].softmax(-1)
-    teacher.train(was_training)
-    items = rows[:, -xi:].to(device)
-    padding_id = getattr(teacher, "padding_id", None)
-    if padding_id is not None:
-        probs[..., padding_id] = 0.0
-        probs = probs / probs.sum(-1, keepdim=True)
-    one_hot = nn.functional.one_hot(items, probs.shape[-1]).to(probs.dtype)
-    mixed = (1 - config.teacher_share) * one_hot + config.teacher_share * probs
+    items = rows[:, -xi:]
+    probs = None
+    if teacher is not None:
+        device = next(teacher.parameters()).device
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            probs = teacher(rows[:, :-1].to(device))[:, -xi:].softmax(-1)
+        teacher.train(was_training)
+        items, vocab_size = items.to(device), probs.shape[-1]
+        if padding_id is None:
+            padding_id = getattr(teacher, "padding_id", None)
+    elif config.teacher_share > 0:
+        raise ValueError(f"teacher_share {config.teacher_share} needs a teacher")
+    one_hot = nn.functional.one_hot(items, vocab_size).to(
+        torch.get_default_dtype() if probs is None else probs.dtype)
+    mixed = one_hot
+    if probs is not None:
+        mixed = (1 - config.teacher_share) * one_hot + config.teacher_share * \
+            _without_padding(probs, padding_id)
+    if config.uniform_share > 0:
+        uniform = _without_padding(torch.full_like(mixed, 1 / vocab_size), padding_id)
+        mixed = (1 - config.uniform_share) * mixed + config.uniform_share * uniform
     if padding_id is not None:
         mixed = torch.where((items == padding_id)[..., None], one_hot, mixed)
     return mixed
+
+
+def _without_padding(probs: torch.Tensor, padding_id: int | None) -> torch.Tensor:
+    """`probs` with no mass on the padding id, renormalised (as given if there is none)."""
+    if padding_id is None:
+        return probs
+    probs = probs.clone()
+    probs[..., padding_id] = 0.0
+    return probs / probs.sum(-1, keepdim=True)
 
 
 def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConfig,
@@ -236,15 +266,16 @@ def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConf
 
 def initial_summary(student, train, config, pool, teacher, vocab, generator) -> FarziData:
     """The summary the outer loop starts from: random logits, or teacher-labelled real
-    sequences (`teacher`, or `default_teacher`), drawn with `generator`; its padding id is
-    the student's."""
+    sequences (`teacher`, or `default_teacher`; none when teacher_share is 0), drawn with
+    `generator`; its padding id is the student's."""
     if config.init == "random":
         summary = FarziData(*config.size, vocab, config.latent_dim, config.temperature,
                             generator=generator)
     else:
-        if teacher is None:
+        if teacher is None and config.teacher_share > 0:
             teacher = default_teacher(student, train, config, pool)
-        probs = teacher_sequences(teacher, train, config, generator)
+        probs = teacher_sequences(teacher, train, config, generator, vocab,
+                                  getattr(student, "padding_id", None))
         summary = FarziData.from_distributions(probs, config.latent_dim, config.temperature,
                                                generator=generator)
     summary.padding_id = getattr(student, "padding_id", None)
@@ -418,7 +449,8 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
             warnings.warn(f"outer step {step} moved no soft token of the summary: its softmax "
                           f"is saturated (one-hot rows, as teacher_share=0 makes, have logits "
                           f"at the float's log(tiny)) and the outer loop cannot move it; give "
-                          f"the start some soft mass (teacher_share > 0)", RuntimeWarning,
+                          f"the start some soft mass (teacher_share or uniform_share > 0)",
+                          RuntimeWarning,
                           stacklevel=2)
         history.append(value)
         if validate is not None and validate_every and (step % validate_every == 0 or
