@@ -8,9 +8,8 @@ steps do well on real data (Sachdeva et al., arXiv 2310.09983).
    with the teacher's next-item distribution at that point of the sequence (soft labels:
    `teacher_share` of the mass), and `uniform_share` of it spread evenly over the items (a
    softmax the outer loop can move: one-hot rows are saturated). The teacher's quality bounds
-   the summary's. Starting from
-   random logits, as the paper does, the outer loop never even reaches the popularity
-   summary on a CPU budget (benchmarks/NOTES.md).
+   the summary's. Starting from random logits, as the paper does, the outer loop never even
+   reaches the popularity summary on a CPU budget (benchmarks/NOTES.md).
 3. Each outer step: draw a start point from the pool, train the student on the soft
    sequences for `inner_steps` Adam steps through `farzi_fast.unroll` (memory independent
    of inner_steps; `inner_optimizer="sgd"`, the paper's ablation, unrolls plain SGD with
@@ -212,7 +211,7 @@ def teacher_sequences(teacher: nn.Module | None, train: torch.Tensor, config: Di
         if padding_id is None:
             padding_id = getattr(teacher, "padding_id", None)
     elif config.teacher_share > 0:
-        raise ValueError(f"teacher_share {config.teacher_share} needs a teacher")
+        raise ValueError(f"teacher_share {config.teacher_share} needs a teacher (pass teacher=)")
     one_hot = nn.functional.one_hot(items, vocab_size).to(
         torch.get_default_dtype() if probs is None else probs.dtype)
     mixed = one_hot
