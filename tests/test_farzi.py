@@ -13,6 +13,7 @@ from torch import nn
 from farzi_fast import FarziData, distill
 from farzi_fast.cli import main as cli
 from farzi_fast.data import load_movielens_100k, load_ptb
+from farzi_fast.farzi.data import PADDING_ID
 from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained_pool,
                                       teacher_sequences)
 from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
@@ -419,18 +420,18 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
 
 def test_uniform_share_spreads_mass_evenly_over_the_items_but_padding(movielens):
     train = movielens.train_batch(12)
-    train[0, :-3] = 0  # a short history: padded positions
+    train[0, :-3] = PADDING_ID  # a short history: padded positions
     teacher = tiny_student(movielens)
     vocab = teacher.vocab_size
     config = lambda **kw: DistillConfig((len(train), 6), None, 1, 1, **kw)
     g = lambda: torch.Generator().manual_seed(0)
     items = train[torch.randperm(len(train), generator=g())][:, -6:]
-    real, pad = items != 0, items == 0
+    real, pad = items != PADDING_ID, items == PADDING_ID
     evenly = torch.full((vocab,), 1 / (vocab - 1))
-    evenly[0] = 0.0
+    evenly[PADDING_ID] = 0.0
     # no teacher needed: half on the real item, half on every item but padding
     half = teacher_sequences(None, train, config(teacher_share=0.0, uniform_share=0.5), g(),
-                             vocab, padding_id=0)
+                             vocab, padding_id=PADDING_ID)
     want = 0.5 * nn.functional.one_hot(items, vocab).float() + 0.5 * evenly
     assert torch.allclose(half[real], want[real], atol=1e-7)
     assert torch.equal(half[pad], nn.functional.one_hot(items[pad], vocab).float())
