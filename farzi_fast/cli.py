@@ -157,8 +157,7 @@ PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "laten
 def _apply_preset(args) -> None:
     values = preset(_family(args), args.preset)
     if args.teacher_steps is None:  # the preset's, unless --pretrain-steps says otherwise
-        args.teacher_steps = (values["teacher_steps"] if args.pretrain_steps is None
-                              else args.pretrain_steps)
+        args.teacher_steps = args.pretrain_steps or values["teacher_steps"]
     for name in PRESET_OPTIONS:
         if getattr(args, name) is None:
             setattr(args, name, values[name])
@@ -595,11 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pretrained-students", type=non_negative, default=None,
                    help="students trained on the real data whose checkpoints start the inner "
                         "loops (0: every loop starts from one fresh initialisation)")
-    d.add_argument("--pretrain-steps", type=positive, default=None)
+    d.add_argument("--pretrain-steps", type=non_negative, default=None,
+                   help="steps each pretrained student trains on the real data (0: the inner "
+                        "loops start from fresh initialisations, as the students that are "
+                        "later trained on the summary do)")
     d.add_argument("--teacher-steps", type=positive, default=None,
                    help="training steps of the teacher that labels the start: the first "
                         "pretrained student, trained on (>= --pretrain-steps; default: the "
-                        "preset's, or --pretrain-steps when that is given)")
+                        "preset's, or --pretrain-steps when that is given and not 0)")
     d.add_argument("--checkpoint-every", type=non_negative, default=10)
     d.add_argument("--eval-every", type=non_negative, default=None,
                    help="validate the summary every N outer steps and keep the best (0: off, "

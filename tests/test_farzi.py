@@ -550,6 +550,19 @@ def test_cli_inspect_leaves_padding_out(tmp_path, capsys):
     assert (tmp_path / "inspect.png").stat().st_size > 1000
 
 
+def test_cli_distills_without_a_teacher_from_fresh_students(movielens, data_dir, tmp_path):
+    # the teacher-free recipe (README): inner loops from fresh initialisations, no pretraining
+    out = tmp_path / "run"
+    assert cli(["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12",
+                "--dim", "16", "--layers", "1", "--out", str(out), "--size", "4x6",
+                "--inner-steps", "2", "--outer-steps", "1", "--teacher-share", "0",
+                "--uniform-share", "0.5", "--pretrained-students", "2", "--pretrain-steps", "0",
+                "--eval-every", "0", "--outer-batch", "32", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["pretrain_steps"], config["teacher_steps"]) == (0, 400)  # the preset's
+    assert FarziData.load(out / "farzi.pt").size == (4, 6)
+
+
 def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12", "--dim",

@@ -125,6 +125,10 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert "--size 50x150" in capsys.readouterr().err
     assert cli(base + ["--teacher-steps", "300"]) == 2  # the cpu preset pretrains 400 steps
     assert "--teacher-steps 300 is less than --pretrain-steps 400" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal; 0: fresh starts
+        cli(base + ["--pretrain-steps", "-1"])
+    assert refused.value.code == 2
+    assert "--pretrain-steps: expected a whole number >= 0" in capsys.readouterr().err
     # refused by distill's own settings check, before the data is read or --out written
     for option, value in (("--inner-lr", "-1"), ("--inner-eps", "0"), ("--outer-lr", "nan"),
                           ("--teacher-share", "1.5"), ("--uniform-share", "-0.5")):
