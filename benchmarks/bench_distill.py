@@ -58,6 +58,21 @@ VARIANTS = {
     # row above): whether more loops make the gain reliable where one loop a step did not
     "real-init-uniform-0.5-outer-lr-0.1-inner-eps-1e-4-meta-batch-4": dict(
         teacher_share=0.0, uniform_share=0.5, outer_lr=0.1, inner_eps=1e-4, meta_batch=4),
+    # the same loop with inner loops as the evaluation students train: from scratch (one of
+    # 16 random initialisations), 100 steps (run with --outer-steps 100): whether a
+    # meta-objective closer to the evaluation makes the loop's gain reliable over seeds
+    "real-init-uniform-0.5-scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
+        teacher_share=0.0, uniform_share=0.5, outer_lr=0.1, inner_eps=1e-4,
+        pretrained_students=16, pretrain_steps=0, inner_steps=100),
+    # the same loop from the paper's random start (no real rows, no teacher)
+    "random-init-scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
+        init="random", latent_dim=8, outer_lr=0.1, inner_eps=1e-4, pretrained_students=16,
+        pretrain_steps=0, inner_steps=100),
+    # the same loop from the teacher's start (the teacher: the first fresh student, trained
+    # alone, as in scratch-100)
+    "scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
+        outer_lr=0.1, inner_eps=1e-4, pretrained_students=16, pretrain_steps=0,
+        inner_steps=100),
     # the teacher's labels, half of each position's mass then spread evenly: a start between
     # the teacher's and the uniform one, for the outer loop that moved the uniform one
     "teacher-uniform-0.5-outer-lr-0.1-inner-eps-1e-4": dict(uniform_share=0.5, outer_lr=0.1,
