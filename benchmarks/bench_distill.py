@@ -73,6 +73,14 @@ VARIANTS = {
         SCRATCH_100, **HEADROOM_LOOP, init="random", latent_dim=8),
     # the same loop from the teacher's start
     "scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(SCRATCH_100, **HEADROOM_LOOP),
+    # ... at a third of the outer lr: at 0.1 the teacher's start went nowhere (meta-loss flat
+    # at 6.0) where the headroom start's run went on to 5.89 (benchmarks/NOTES.md, session 18)
+    "scratch-100-outer-lr-0.03-inner-eps-1e-4": dict(SCRATCH_100, outer_lr=0.03,
+                                                    inner_eps=1e-4),
+    # the teacher's labels with half of each position's mass spread evenly (room above for the
+    # loop, as from the headroom start) and the scratch loops that moved the headroom start
+    "teacher-uniform-0.5-scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
+        SCRATCH_100, **HEADROOM_LOOP, uniform_share=0.5),
     # the teacher's labels, half of each position's mass then spread evenly: a start between
     # the teacher's and the uniform one, for the outer loop that moved the uniform one
     "teacher-uniform-0.5-outer-lr-0.1-inner-eps-1e-4": dict(uniform_share=0.5, outer_lr=0.1,
