@@ -10,11 +10,19 @@ Every result is appended to DIR/distill-<dataset>-<preset>.jsonl as it comes and
 already there, so a cut run continues where it stopped, a distillation from its last checkpoint
 (DIR/farzi-*.ckpt, removed once its rows are in); the table (mean ± std over seeds, ratios to
 the baselines) is rebuilt from that file each time.
+
+    python -m benchmarks.bench_distill --dataset ml-100k --eval-lr 3e-3 --seeds 0 1 2 --out DIR
+
+scores every source again with students trained at another learning rate (its own file,
+distill-<dataset>-<preset>-eval-lr-<lr>.jsonl): a summary is data only if it teaches students
+trained by recipes other than the one it was chosen by. Summaries already in DIR (farzi-*.pt)
+are scored, not distilled again.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -28,6 +36,7 @@ from farzi_fast.farzi.files import atomic_save, safe_load
 from farzi_fast.farzi.metrics import score_recommendations
 from farzi_fast.farzi.presets import preset
 from farzi_fast.farzi.protocol import Recipe, fit, fit_and_test, popularity_summary
+from farzi_fast.farzi.summary import FarziData
 from farzi_fast.farzi.tasks import load_task
 from farzi_fast.farzi.train import random_subset
 
@@ -150,8 +159,8 @@ def evaluate_source(results, task, cfg, source, data, tokens, device, seed=0, **
         if results.has(source=source, arch=arch, seed=seed):
             continue
         start = time.perf_counter()
-        result = fit_and_test(student_factory(task, cfg, arch, device), data, task, EVALUATION,
-                              seed)
+        result = fit_and_test(student_factory(task, cfg, arch, device), data, task,
+                              cfg.get("eval_recipe", EVALUATION), seed)
         results.add(dict(source=source, arch=arch, seed=seed, tokens=tokens,
                          test=result.test, valid=result.valid, step=result.step,
                          seconds=round(time.perf_counter() - start, 1), **extra))
@@ -181,6 +190,12 @@ def baselines(results, task, cfg, device, draws: int):
                         real_tokens(task, subset), device, seed=draw)
 
 
+def scored(results, cfg, source: str, seed: int) -> bool:
+    """Whether every evaluation student's row of `source` and `seed` is in `results`."""
+    return all(results.has(source=source, seed=seed, arch=a)
+               for a in cfg.get("eval_students", EVAL_STUDENTS))
+
+
 def real_tokens(task, rows: torch.Tensor) -> int:
     """Tokens in real rows: all of them for text, the non-padding ones for interactions."""
     return int((rows != task.padding_id).sum()) if task.recommends else rows.numel()
@@ -191,8 +206,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     label = variant if cfg["outer_steps"] == default_steps else \
         f"{variant}, {cfg['outer_steps']} outer steps"
     name = "FarziData" if label == "default" else f"FarziData [{label}]"
-    if all(results.has(source=name, seed=seed, arch=a)
-           for a in cfg.get("eval_students", EVAL_STUDENTS)):
+    if scored(results, cfg, name, seed):
         return
     settings = run_settings(cfg, variant)
     eval_every = VARIANTS[variant].get("eval_every", cfg["eval_every"])
@@ -214,6 +228,16 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
         print(f"{name} seed {seed}: outer step {step}/{cfg['outer_steps']}, meta-loss "
               f"{meta_loss:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
 
+    mu, xi = cfg["size"]
+    if (out / f"{stem}.pt").exists() and not resumed:  # distilled before: scored again as it is
+        summary = FarziData.load(out / f"{stem}.pt", device)
+        if not scored(results, cfg, start_source(label), seed):
+            evaluate_source(results, task, cfg, start_source(label),
+                            start_summary(task, cfg, device, seed, variant), mu * xi, device,
+                            seed=seed)
+        evaluate_source(results, task, cfg, name, summary.soft().detach(), mu * xi, device,
+                        seed=seed, entropy=summary.entropy(), variant=variant)
+        return
     start = time.perf_counter()
     torch.manual_seed(seed)
     student = make()
@@ -223,7 +247,6 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
                       **settings)
     seconds = round(time.perf_counter() - start, 1)
     summary.save(out / f"{stem}.pt")
-    mu, xi = cfg["size"]
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
                  entropy=summary.entropy(), variant=variant,
                  **({"resumed": True} if resumed else {}))
@@ -252,9 +275,15 @@ def start_run(results, task, cfg, device, seed: int, variant: str = "default"):
     student is pretrained: it alone makes the teacher, and it trains the same whether or not
     others follow it."""
     name = start_source(variant)
-    if all(results.has(source=name, seed=seed, arch=a)
-           for a in cfg.get("eval_students", EVAL_STUDENTS)):
+    if scored(results, cfg, name, seed):
         return
+    mu, xi = cfg["size"]
+    evaluate_source(results, task, cfg, name, start_summary(task, cfg, device, seed, variant),
+                    mu * xi, device, seed=seed)
+
+
+def start_summary(task, cfg, device, seed: int, variant: str) -> torch.Tensor:
+    """The soft sequences seed's run of `variant` starts from (see start_run)."""
     torch.manual_seed(seed)
     student = student_factory(task, cfg, "transformer", device)()
     config = start_config(cfg, seed, variant)
@@ -262,8 +291,7 @@ def start_run(results, task, cfg, device, seed: int, variant: str = "default"):
     pool = pretrained_pool(student, train, config)
     start = initial_summary(student, train.to(device), config, pool, None, student.vocab_size,
                             torch.Generator().manual_seed(seed))
-    mu, xi = cfg["size"]
-    evaluate_source(results, task, cfg, name, start.soft().detach(), mu * xi, device, seed=seed)
+    return start.soft().detach()
 
 
 def run_settings(cfg, variant: str) -> dict:
@@ -327,8 +355,13 @@ def main(argv=None):
                         help="evaluate each seed's teacher-labelled start, no outer loop")
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the table from OUT's JSON lines; run nothing")
+    parser.add_argument("--eval-lr", type=float, default=EVALUATION.lr,
+                        help="the evaluation students' learning rate (default: the recipe's "
+                             f"{EVALUATION.lr:g}); another one gets its own results file")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if not args.eval_lr > 0:
+        parser.error(f"--eval-lr must be a positive learning rate, got {args.eval_lr}")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = preset(args.dataset, args.preset)
@@ -336,8 +369,10 @@ def main(argv=None):
     cfg["eval_students"] = args.students
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps
+    cfg["eval_recipe"] = dataclasses.replace(EVALUATION, lr=args.eval_lr)
     task = load_task(args.dataset, args.data, cfg["max_len"])
-    name = f"distill-{args.dataset}-{args.preset}"
+    name = f"distill-{args.dataset}-{args.preset}" + (
+        "" if args.eval_lr == EVALUATION.lr else f"-eval-lr-{args.eval_lr:g}")
     if args.table_only:  # e.g. while a long run is still adding rows
         rows = table(Results(Path(args.out) / f"{name}.jsonl"), task)
     else:
@@ -345,9 +380,11 @@ def main(argv=None):
                    torch.device(args.device), with_baselines=not args.no_baselines,
                    default_steps=default_steps, start_only=args.start_only)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
-            f"; evaluation students: {EVAL_STUDENTS}; recipe: {EVALUATION}")
+            f"; evaluation students: {EVAL_STUDENTS}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
-                            torch=torch.__version__, config=cfg, rows=rows,
+                            torch=torch.__version__,
+                            config=cfg | dict(eval_recipe=dataclasses.asdict(cfg["eval_recipe"])),
+                            rows=rows,
                             metric=task.metric), COLUMNS(task), name, args.out, note=note))
 
 

@@ -105,6 +105,40 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
                                                                  (start, "gru")}
 
 
+def test_distill_benchmark_scores_saved_summaries_under_another_recipe(data_dir, tmp_path,
+                                                                       monkeypatch):
+    """--eval-lr: the summaries already distilled, and their starts, are scored again by
+    students trained at another learning rate, into their own results file."""
+    import dataclasses
+
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch, eval_every=2)
+    device = torch.device("cpu")
+    bench_distill.run(task, cfg, [0], "default", 1, tmp_path, "t", device, with_baselines=False)
+    recipes = []
+    fit_and_test = bench_distill.fit_and_test
+    monkeypatch.setattr(bench_distill, "fit_and_test",
+                        lambda *a, **k: recipes.append(a[3]) or fit_and_test(*a, **k))
+
+    def no_distill(*args, **kwargs):
+        raise AssertionError("a saved summary was distilled again")
+
+    monkeypatch.setattr(bench_distill, "distill", no_distill)
+    other = cfg | dict(eval_recipe=dataclasses.replace(bench_distill.EVALUATION, lr=3e-3))
+    rows = bench_distill.run(task, other, [0], "default", 1, tmp_path, "t-lr", device,
+                             with_baselines=False)
+    assert {(r["source"], r["student"]) for r in rows} == {
+        (source, arch) for source in ("FarziData", bench_distill.START)
+        for arch in ("transformer", "gru")}
+    assert len(recipes) == 4 and {r.lr for r in recipes} == {3e-3}
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 4  # the first file untouched
+    with pytest.raises(SystemExit):
+        bench_distill.main(["--dataset", "ml-100k", "--eval-lr", "0", "--out", str(tmp_path)])
+    bench_distill.main(["--dataset", "ml-100k", "--data", str(data_dir), "--eval-lr", "3e-3",
+                        "--table-only", "--out", str(tmp_path)])  # the report names the recipe
+    report = json.loads((tmp_path / "distill-ml-100k-cpu-eval-lr-0.003.json").read_text())
+    assert report["config"]["eval_recipe"]["lr"] == 3e-3
+
+
 def test_distill_benchmark_run_cut_mid_distillation_continues_exactly(data_dir, tmp_path,
                                                                       monkeypatch, capsys):
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch, outer_steps=3,
