@@ -51,9 +51,17 @@ EVAL_STUDENTS = {"transformer": dict(architecture="transformer"),
 # alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
 SCRATCH_100 = dict(pretrained_students=16, pretrain_steps=0, inner_steps=100)
 HEADROOM_LOOP = dict(outer_lr=0.1, inner_eps=1e-4)
-# The paper's ablations and ours, as overrides of the preset's distill() settings.
-VARIANTS = {
-    "default": {},
+# ML-100K's cpu preset until session 21 (the other presets still loop this way): inner loops
+# of 20 steps from a pool of 2 students pretrained for 400 steps, outer lr 1e-2, torch's eps,
+# the teacher's labels as they are, 200 outer steps. The variants measured as overrides of it
+# there (POOL_VARIANTS) still mean that (variant_preset).
+POOL_LOOPS = {("ml-100k", "cpu"): dict(inner_steps=20, outer_steps=200, inner_eps=1e-8,
+                                       outer_lr=1e-2, uniform_share=0.0, pretrained_students=2,
+                                       pretrain_steps=400)}
+# The paper's ablations and ours until session 21, as overrides of the pool's loops
+# (ML-100K cpu) or of the preset (elsewhere).
+POOL_VARIANTS = {
+    "pool": {},  # ML-100K: the cpu preset until session 21 (POOL_LOOPS); elsewhere the preset
     "latent8": dict(latent_dim=8),                       # the paper's factorisation, d = 8
     "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
     # real sequences, no soft labels: a start only, as one-hot rows saturate the softmax and
@@ -116,11 +124,18 @@ VARIANTS = {
     "teacher-400": dict(teacher_steps=400),
     "teacher-1500": dict(teacher_steps=1500),
 }
-VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "uniform_share")  # beyond DISTILL_KEYS
+# Overrides of the preset as it is.
+VARIANTS = {
+    "default": {},
+    # less smoothing: the outer loop cost GRU4Rec what the smoothed start had given it
+    # (benchmarks/NOTES.md, session 21)
+    "uniform-0.25": dict(uniform_share=0.25),
+} | POOL_VARIANTS
+VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
 BENCH_KEYS = ("eval_every",)  # read by this script, not passed to distill()
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
-                "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
-                "teacher_steps")
+                "outer_batch", "teacher_share", "uniform_share", "pretrained_students",
+                "pretrain_steps", "teacher_steps")
 # The students that choose a run's summary start from other weights than the evaluation
 # students that score it (fit() draws both from its seed): a summary kept because it suits
 # one initialisation would otherwise be scored by that very initialisation.
@@ -294,6 +309,13 @@ def start_summary(task, cfg, device, seed: int, variant: str) -> torch.Tensor:
     return start.soft().detach()
 
 
+def variant_preset(dataset: str, name: str, variant: str) -> dict:
+    """The preset `name` as `variant` overrides it: under the pool's loops for the variants
+    measured with them, where the preset no longer loops that way (POOL_LOOPS)."""
+    base = POOL_LOOPS.get((dataset, name), {}) if variant in POOL_VARIANTS else {}
+    return preset(dataset, name) | base
+
+
 def run_settings(cfg, variant: str) -> dict:
     """distill()'s settings (but size and seed) for a preset's run of `variant`."""
     return {k: cfg[k] for k in DISTILL_KEYS} | {
@@ -364,7 +386,7 @@ def main(argv=None):
         parser.error(f"--eval-lr must be a positive learning rate, got {args.eval_lr}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = preset(args.dataset, args.preset)
+    cfg = variant_preset(args.dataset, args.preset, args.variant)
     default_steps = cfg["outer_steps"]
     cfg["eval_students"] = args.students
     if args.outer_steps:

@@ -20,10 +20,9 @@ import torch
 
 from farzi_fast.farzi.distill import (DistillConfig, _inner_loop, initial_summary,
                                       pretrained_pool)
-from farzi_fast.farzi.presets import preset
 from farzi_fast.farzi.tasks import load_task
 
-from .bench_distill import VARIANTS, run_settings, student_factory
+from .bench_distill import VARIANTS, run_settings, student_factory, variant_preset
 from .report import write_report
 from .timing import device_name
 
@@ -103,7 +102,7 @@ def main(argv=None):
         parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = preset(args.dataset, args.preset)
+    cfg = variant_preset(args.dataset, args.preset, args.variant)
     if args.dropout is not None:
         cfg["dropout"] = args.dropout
     task = load_task(args.dataset, args.data, cfg["max_len"])

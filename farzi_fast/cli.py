@@ -150,8 +150,8 @@ def _student_args(args) -> dict:
 # the options a preset sets; an explicit value on the command line wins
 PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "latent_dim",
                   "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
-                  "outer_batch", "teacher_share", "pretrained_students", "pretrain_steps",
-                  "teacher_steps", "eval_every")
+                  "outer_batch", "teacher_share", "uniform_share", "pretrained_students",
+                  "pretrain_steps", "teacher_steps", "eval_every")
 
 
 def _apply_preset(args) -> None:
@@ -587,10 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--outer-batch", type=positive, default=None)
     d.add_argument("--teacher-share", type=float, default=None,
                    help="teacher's share of each initial position's distribution (0..1)")
-    d.add_argument("--uniform-share", type=float, default=0.0,
+    d.add_argument("--uniform-share", type=float, default=None,
                    help="share of each initial position's distribution spread evenly over "
-                        "the items (0..1): gives one-hot rows (--teacher-share 0) a softmax "
-                        "the outer loop can move")
+                        "the items (0..1): room for the outer loop above the teacher's labels, "
+                        "and a softmax it can move in one-hot rows (--teacher-share 0)")
     d.add_argument("--pretrained-students", type=non_negative, default=None,
                    help="students trained on the real data whose checkpoints start the inner "
                         "loops (0: every loop starts from one fresh initialisation)")

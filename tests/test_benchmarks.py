@@ -62,6 +62,31 @@ def test_distill_benchmark_variants_name_only_known_settings():
     assert {v: set(o) - known for v, o in b.VARIANTS.items() if set(o) - known} == {}
 
 
+def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
+    """ML-100K's cpu preset changed (session 21); the variants measured as overrides of the
+    one before (the pool's loops) must still mean what their rows measured."""
+    from benchmarks import bench_distill as b
+    from farzi_fast.farzi.presets import preset
+
+    lead = "teacher-uniform-0.5-scratch-100-outer-lr-0.1-inner-eps-1e-4"
+    now = b.variant_preset("ml-100k", "cpu", "default")
+    assert now == preset("ml-100k", "cpu")
+    pool = b.run_settings(b.variant_preset("ml-100k", "cpu", "pool"), "pool")
+    assert (pool["inner_steps"], pool["outer_steps"], pool["pretrained_students"],
+            pool["pretrain_steps"], pool["uniform_share"], pool["inner_eps"]) == (
+                20, 200, 2, 400, 0.0, 1e-8)
+    assert b.run_settings(b.variant_preset("ml-100k", "cpu", "latent8"), "latent8") == (
+        pool | dict(latent_dim=8))
+    # the preset is the variant it was chosen from, at its own budget: their rows are one run
+    assert b.run_settings(b.variant_preset("ml-100k", "cpu", lead), lead) == (
+        b.run_settings(now, "default") | dict(outer_steps=200))
+    for dataset, name in (("ml-100k", "paper"), ("ptb", "cpu"), ("ptb", "paper")):
+        assert b.variant_preset(dataset, name, "teacher-1500") == preset(dataset, name)
+    # variants added since are overrides of the preset as it is
+    assert b.run_settings(b.variant_preset("ml-100k", "cpu", "uniform-0.25"), "uniform-0.25") == (
+        b.run_settings(now, "default") | dict(uniform_share=0.25))
+
+
 def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
     seeds = {"validation": set(), "evaluation": set()}

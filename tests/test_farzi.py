@@ -578,6 +578,8 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
     assert cli(distill_args + ["--outer-steps", "3", "--resume", "--inner-steps", "3"]) == 2
     assert "different configuration" in capsys.readouterr().err
     assert cli(distill_args + ["--outer-steps", "3", "--resume"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["uniform_share"], config["inner_eps"]) == (0.5, 1e-4)  # the preset's
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "meta_loss" in e] == [1, 2, 3]
     assert [e["step"] for e in log if "valid" in e] == [0, 2, 3]  # the start, every 2, the end

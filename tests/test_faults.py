@@ -123,7 +123,7 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert "--size 50x60 holds sequences longer than --max-len 50" in capsys.readouterr().err
     assert cli(base + ["--preset", "paper", "--max-len", "100"]) == 2
     assert "--size 50x150" in capsys.readouterr().err
-    assert cli(base + ["--teacher-steps", "300"]) == 2  # the cpu preset pretrains 400 steps
+    assert cli(base + ["--pretrain-steps", "400", "--teacher-steps", "300"]) == 2
     assert "--teacher-steps 300 is less than --pretrain-steps 400" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:  # argparse's own refusal; 0: fresh starts
         cli(base + ["--pretrain-steps", "-1"])
