@@ -28,6 +28,7 @@ import torch
 
 from farzi_fast.farzi.presets import preset
 
+from .bench_distill import POOL_LOOPS
 from .report import write_report
 from .timing import device_name
 
@@ -42,8 +43,10 @@ def _free_port() -> int:
 
 
 # The inner loops the README's table was measured with (the ML-100K cpu preset's until
-# session 21, 20 steps from a pool of 2): what scales is the number of loops, not the loop.
-POOL_LOOP = ("--inner-steps", "20", "--pretrained-students", "2")
+# session 21): what scales is the number of loops, not the loop.
+_POOL = POOL_LOOPS[("ml-100k", "cpu")]
+POOL_LOOP = ("--inner-steps", str(_POOL["inner_steps"]),
+             "--pretrained-students", str(_POOL["pretrained_students"]))
 
 
 def seconds_per_step(data: str, ranks: int, meta_batch: int, outer_steps: int) -> float:
