@@ -43,9 +43,11 @@ from farzi_fast.farzi.train import random_subset
 from .report import write_report
 from .timing import device_name
 
-# Evaluation students: the distilled architecture, and a recurrent one it never saw.
+# Evaluation students: the distilled architecture, a recurrent one and a convolutional one
+# (a judge for summaries distilled with the first two).
 EVAL_STUDENTS = {"transformer": dict(architecture="transformer"),
-                 "gru": dict(architecture="gru", dim=64, layers=1)}
+                 "gru": dict(architecture="gru", dim=64, layers=1),
+                 "cnn": dict(architecture="cnn", dim=64, layers=2)}
 # Inner loops from scratch, as the evaluation students train: 100 steps from one of 16 random
 # initialisations (no pretraining; a teacher, where one is asked for, is the first, trained
 # alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
@@ -130,9 +132,14 @@ VARIANTS = {
     # less smoothing: the outer loop cost GRU4Rec what the smoothed start had given it
     # (benchmarks/NOTES.md, session 21)
     "uniform-0.25": dict(uniform_share=0.25),
+    # inner loops taking turns between SASRec and GRU4Rec, and validation by both: the outer
+    # loop tuned the summary to SASRec at GRU4Rec's cost (benchmarks/NOTES.md, session 21)
+    "sasrec-gru": dict(students=("transformer", "gru")),
 } | POOL_VARIANTS
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
-BENCH_KEYS = ("eval_every",)  # read by this script, not passed to distill()
+# read by this script, not passed to distill(); students: the architectures the inner loops
+# take turns with (default: the task's Transformer alone)
+BENCH_KEYS = ("eval_every", "students")
 DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
                 "outer_batch", "teacher_share", "uniform_share", "pretrained_students",
                 "pretrain_steps", "teacher_steps")
@@ -225,7 +232,8 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
         return
     settings = run_settings(cfg, variant)
     eval_every = VARIANTS[variant].get("eval_every", cfg["eval_every"])
-    make = student_factory(task, cfg, "transformer", device)
+    makes = [student_factory(task, cfg, arch, device)
+             for arch in VARIANTS[variant].get("students", ("transformer",))]
     sign = 1.0 if task.higher_is_better else -1.0
     stem = f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}-seed{seed}"
     # a cut run continues from its last checkpoint (distill resumes exactly), and the start
@@ -236,8 +244,9 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     def validate(step, farzi):
         if step == 0:
             atomic_save({"soft": farzi.soft().detach().cpu()}, start_file)
-        return sign * fit(make, farzi.soft().detach(), task, VALIDATION,
-                          seed + VALIDATION_SEED_OFFSET).valid[task.metric]
+        return statistics.mean(sign * fit(make, farzi.soft().detach(), task, VALIDATION,
+                                          seed + VALIDATION_SEED_OFFSET).valid[task.metric]
+                               for make in makes)
 
     def progress(step, meta_loss, farzi):
         print(f"{name} seed {seed}: outer step {step}/{cfg['outer_steps']}, meta-loss "
@@ -255,8 +264,8 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
         return
     start = time.perf_counter()
     torch.manual_seed(seed)
-    student = make()
-    summary = distill(student, task.train_rows(), size=cfg["size"], device=device, seed=seed,
+    students = [make() for make in makes]
+    summary = distill(students, task.train_rows(), size=cfg["size"], device=device, seed=seed,
                       validate=validate, validate_every=eval_every, callback=progress,
                       checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY, resume=True,
                       **settings)

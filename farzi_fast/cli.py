@@ -133,7 +133,8 @@ def _common(parser, defaults: bool = True):
     parser.add_argument("--max-len", type=positive, default=None,
                         help="sequence length of students")
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
-                        help="student: the task's causal Transformer (SASRec) or a GRU4Rec")
+                        help="student: the task's causal Transformer (SASRec), a GRU4Rec or a "
+                             "NextItNet-style CNN (--layers blocks)")
     parser.add_argument("--dim", type=positive, default=50 if defaults else None)
     parser.add_argument("--heads", type=positive, default=1 if defaults else None)
     parser.add_argument("--layers", type=positive, default=2 if defaults else None)

@@ -87,6 +87,37 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
         b.run_settings(now, "default") | dict(uniform_share=0.25))
 
 
+def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
+        data_dir, tmp_path, monkeypatch):
+    """--variant sasrec-gru: the inner loops get a SASRec and a GRU4Rec, and the summary is
+    kept by the mean validation score of both."""
+    from farzi_fast.farzi.students import GRU4Rec, CausalTransformer
+
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch,
+                                                      eval_students=["transformer"])
+    given, validated = [], []
+    distill = bench_distill.distill
+
+    def recording(students, *args, validate, **kwargs):
+        given.append([type(s) for s in students])
+        return distill(students, *args, validate=validate, **kwargs)
+
+    fit = bench_distill.fit
+
+    def fit_recording(make, *args, **kwargs):
+        result = fit(make, *args, **kwargs)
+        validated.append((type(make()), result.valid["HR@10"]))
+        return result
+
+    monkeypatch.setattr(bench_distill, "distill", recording)
+    monkeypatch.setattr(bench_distill, "fit", fit_recording)
+    bench_distill.run(task, cfg, [0], "sasrec-gru", 1, tmp_path, "t", torch.device("cpu"),
+                      with_baselines=False)
+    assert given == [[CausalTransformer, GRU4Rec]]
+    assert [kind for kind, _ in validated[:2]] == [CausalTransformer, GRU4Rec]
+    assert len(validated) == 2 * (cfg["outer_steps"] // cfg["eval_every"] + 1)
+
+
 def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
     seeds = {"validation": set(), "evaluation": set()}
@@ -126,8 +157,8 @@ def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path,
     monkeypatch.setattr(bench_distill, "evaluate_source", evaluate)
     start_rows = bench_distill.run(task, cfg, [0], "default", 2, tmp_path / "start", "t",
                                    torch.device("cpu"), with_baselines=False, start_only=True)
-    assert {(r["source"], r["student"]) for r in start_rows} == {(start, "transformer"),
-                                                                 (start, "gru")}
+    assert {(r["source"], r["student"]) for r in start_rows} == {
+        (start, arch) for arch in bench_distill.EVAL_STUDENTS}
 
 
 def test_distill_benchmark_scores_saved_summaries_under_another_recipe(data_dir, tmp_path,
@@ -153,9 +184,10 @@ def test_distill_benchmark_scores_saved_summaries_under_another_recipe(data_dir,
                              with_baselines=False)
     assert {(r["source"], r["student"]) for r in rows} == {
         (source, arch) for source in ("FarziData", bench_distill.START)
-        for arch in ("transformer", "gru")}
-    assert len(recipes) == 4 and {r.lr for r in recipes} == {3e-3}
-    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 4  # the first file untouched
+        for arch in bench_distill.EVAL_STUDENTS}
+    scores = 2 * len(bench_distill.EVAL_STUDENTS)  # the summary and its start, by each student
+    assert len(recipes) == scores and {r.lr for r in recipes} == {3e-3}
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == scores  # untouched
     with pytest.raises(SystemExit):
         bench_distill.main(["--dataset", "ml-100k", "--eval-lr", "0", "--out", str(tmp_path)])
     bench_distill.main(["--dataset", "ml-100k", "--data", str(data_dir), "--eval-lr", "3e-3",

@@ -17,7 +17,7 @@ from farzi_fast.farzi.data import PADDING_ID
 from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained_pool,
                                       teacher_sequences)
 from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
-from farzi_fast.farzi.students import gru4rec, sasrec, transformer_lm
+from farzi_fast.farzi.students import gru4rec, nextitnet, sasrec, transformer_lm
 from farzi_fast.farzi.train import hard_loss, soft_loss
 
 
@@ -130,9 +130,14 @@ def test_one_hot_soft_inputs_equal_hard_ids():
     assert torch.allclose(model(ids), model(soft), atol=1e-5)
 
 
-def test_gru4rec_reads_a_history_the_same_whatever_its_padding():
+# the students that read a history's real items in order, skipping padding wherever it sits
+READERS = {"gru4rec": gru4rec, "nextitnet": nextitnet}
+
+
+@pytest.mark.parametrize("make", READERS.values(), ids=READERS.keys())
+def test_readers_read_a_history_the_same_whatever_its_padding(make):
     torch.manual_seed(0)
-    model = gru4rec(20, max_len=6, dim=8, dropout=0.0).eval()
+    model = make(20, max_len=6, dim=8, dropout=0.0).eval()
     padded = model(torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]))
     alone = model(torch.tensor([[3, 4, 5, 6]]))
     assert torch.allclose(padded[0, 2:], alone[0], atol=1e-6)
@@ -143,12 +148,13 @@ def test_gru4rec_reads_a_history_the_same_whatever_its_padding():
         model(torch.rand(1, 4, 20))
 
 
-def test_gru4rec_skips_padding_wherever_it_sits():
+@pytest.mark.parametrize("make", READERS.values(), ids=READERS.keys())
+def test_readers_skip_padding_wherever_it_sits(make):
     """Padding in the middle or at the end of a row (a summary edited by hand, right-padded
     data) is skipped like a left padding: the real items read as one history, and a padding
     position outputs what the last real item before it does."""
     torch.manual_seed(0)
-    model = gru4rec(20, max_len=6, dim=8, dropout=0.0).eval()
+    model = make(20, max_len=6, dim=8, dropout=0.0).eval()
     alone = model(torch.tensor([[3, 4, 5, 6]]))[0]
     rows = torch.tensor([[3, 0, 4, 5, 0, 6], [3, 4, 5, 6, 0, 0], [0, 3, 4, 0, 5, 6]])
     # the real item (or, at padding, the last real item) each position reads up to
@@ -182,8 +188,8 @@ def test_sasrec_reads_a_history_the_same_whatever_its_padding():
 
 def test_students_skip_soft_padding_as_they_skip_padding_ids():
     """A summary's positions before a short history hold the padding id: soft inputs must
-    read them as hard padding does (SASRec masks them, GRU4Rec packs past them), and the
-    soft loss must ignore them as targets, as the hard loss does."""
+    read them as hard padding does (SASRec masks them, GRU4Rec and the CNN read past them),
+    and the soft loss must ignore them as targets, as the hard loss does."""
     torch.manual_seed(0)
     ids = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     one_hot = torch.nn.functional.one_hot(ids, 21).float()
@@ -191,7 +197,8 @@ def test_students_skip_soft_padding_as_they_skip_padding_ids():
     blurred[0, :2] = 0.3 / 20  # padding positions with some mass elsewhere: still padding
     blurred[0, :2, 0] = 0.7
     for model in (sasrec(20, max_len=6, dim=8, heads=2, layers=2, dropout=0.0).eval(),
-                  gru4rec(20, max_len=6, dim=8, dropout=0.0).eval()):
+                  gru4rec(20, max_len=6, dim=8, dropout=0.0).eval(),
+                  nextitnet(20, max_len=6, dim=8, dropout=0.0).eval()):
         hard = model(ids)
         assert torch.allclose(model(one_hot), hard, atol=1e-5)
         assert torch.allclose(model(blurred), hard, atol=1e-5)
@@ -210,6 +217,10 @@ def test_students_refuse_bad_shapes_and_sizes():
         model(torch.zeros(1, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="dim"):
         transformer_lm(13, dim=0)
+    with pytest.raises(ValueError, match="blocks"):
+        nextitnet(13, blocks=0)
+    with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\), got 1.0"):
+        gru4rec(13, dropout=1.0)
 
 
 # --- the summary -------------------------------------------------------------------------
@@ -316,6 +327,43 @@ def test_distill_refuses_a_different_configuration_on_resume(movielens, tmp_path
         distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint,
                 resume=True, **(DISTILL | dict(latent_dim=5)))
     assert checkpoint.read_bytes() == before
+
+
+def test_distill_takes_turns_between_students(movielens, tmp_path):
+    """A list of students: each inner loop trains the next one in turn (loop after loop,
+    across outer steps), from its own pool; one student in a list is that student; students
+    that cannot share a summary, and a resume with other students, are refused."""
+    train = movielens.train_batch(12)
+    torch.manual_seed(0)
+    students = [tiny_student(movielens), gru4rec(movielens.num_items, max_len=12, dim=8)]
+    called, turns = [], []
+    for student in students:  # the pool's and the teacher's copies have other ids
+        student.register_forward_hook(lambda module, args, out: called.append(id(module)))
+
+    def turn(step, loss, farzi):
+        turns.append([i for i, s in enumerate(students) if id(s) in called])
+        called.clear()
+
+    distill(students, train, outer_steps=3, callback=turn, **DISTILL)
+    assert turns == [[0], [1], [0]]
+    turns.clear()
+    distill(students, train, outer_steps=2, callback=turn, **(DISTILL | dict(meta_batch=3)))
+    assert turns == [[0, 1], [0, 1]]  # loops 0, 1, 2 then 3, 4, 5: both students each step
+
+    alone = distill(tiny_student(movielens), train, outer_steps=2, **DISTILL)
+    listed = distill([tiny_student(movielens)], train, outer_steps=2, **DISTILL)
+    assert torch.equal(alone.latent, listed.latent)
+
+    with pytest.raises(ValueError, match="non-empty list"):
+        distill([], train, outer_steps=1, **DISTILL)
+    lm = transformer_lm(movielens.num_items + 1, max_len=12)
+    with pytest.raises(ValueError, match=r"student\[1\] has padding_id None, student\[0\] 0"):
+        distill([students[0], lm], train, outer_steps=1, **DISTILL)
+    checkpoint = tmp_path / "ckpt.pt"
+    distill(students, train, outer_steps=1, checkpoint=checkpoint, **DISTILL)
+    with pytest.raises(ValueError, match="another student architecture"):
+        distill(students[:1], train, outer_steps=2, checkpoint=checkpoint, resume=True,
+                **DISTILL)
 
 
 def test_distill_refuses_bad_input(movielens):

@@ -165,6 +165,32 @@ def _snapshot(model: nn.Module) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def _students(student) -> list[nn.Module]:
+    """`student` as a list: one module, or a list or tuple of them (architectures the inner
+    loops take turns with)."""
+    students = list(student) if isinstance(student, (list, tuple)) else [student]
+    if not students:
+        raise ValueError("student must be an nn.Module or a non-empty list of them, got an "
+                         "empty list")
+    return students
+
+
+def _check_students(students: list, train: torch.Tensor) -> int:
+    """The vocabulary every student shares with `train`; refuses students that differ in
+    vocabulary, padding id or dtype (one summary feeds them all)."""
+    vocab = _check_student(students[0], train)
+    first = students[0]
+    for i, other in enumerate(students[1:], 1):
+        _check_student(other, train)
+        for what, value in (("vocab_size", lambda m: m.vocab_size),
+                            ("padding_id", lambda m: getattr(m, "padding_id", None)),
+                            ("dtype", lambda m: next(m.parameters()).dtype)):
+            if value(other) != value(first):
+                raise ValueError(f"student[{i}] has {what} {value(other)!r}, student[0] "
+                                 f"{value(first)!r}: the students must share it")
+    return vocab
+
+
 def _check_student(student, train: torch.Tensor):
     if not isinstance(student, nn.Module):
         raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
@@ -317,13 +343,18 @@ def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anch
     return meta_loss.detach().double(), grads, report.max_anchor_drift if report else 0.0
 
 
-def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer_steps,
+def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps, outer_steps,
             latent_dim=None, device=None, callback=None, checkpoint=None, checkpoint_every=0,
             resume=False, anchor_every=None, anchor_head=None, teacher=None, validate=None,
             validate_every=0, process_group=None, check_every=10, **options) -> FarziData:
     """Distill `train` (long rows of real sequences; 0 is padding for SASRec-style students)
     into a FarziData of `size` = (μ, ξ): factorised with rank `latent_dim`, or μ × ξ × V
     logits when None. `options` are the other DistillConfig fields.
+
+    `student`: a module, or a list of modules over the same vocabulary (e.g. SASRec and
+    GRU4Rec) that the inner loops take turns with, loop after loop, each from its own pool of
+    starts: a summary that suits one architecture's training only is not data. The first
+    makes the default teacher.
 
     `teacher`: a model over the same vocabulary whose next-item distributions label the
     initial sequences (default: the first pretrained student). `validate(step, farzi) -> score`
@@ -344,21 +375,23 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
     compare a checksum of the summary and stop if they drifted apart.
     """
     config = DistillConfig(tuple(size), latent_dim, inner_steps, outer_steps, **options)
-    vocab = _check_student(student, train)
+    students = _students(student)
+    vocab = _check_students(students, train)
     validate_every = require_int("validate_every", validate_every, minimum=0)
     check_every = require_int("check_every", check_every, minimum=0)
     ranks = Ranks.of(process_group)
     if config.meta_batch % ranks.world:
         raise ValueError(f"meta_batch ({config.meta_batch}) must be divisible by the number of "
                          f"processes ({ranks.world}): each runs the same number of inner loops")
-    device = torch.device(device) if device is not None else next(student.parameters()).device
-    student = student.to(device)
-    dtype = next(student.parameters()).dtype  # the summary follows the student's precision
-    padding_id = getattr(student, "padding_id", None)
+    device = torch.device(device) if device is not None else \
+        next(students[0].parameters()).device
+    students = [s.to(device) for s in students]
+    dtype = next(students[0].parameters()).dtype  # the summary follows the students' precision
+    padding_id = getattr(students[0], "padding_id", None)
 
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    identity = _run_identity(student, train)
+    identity = _run_identity(students, train)
     # every rank must ask for validation alike (rank 0 runs it, the others receive its score)
     ranks.agree("configuration, data and student", [config.as_dict(), identity,
                                                     validate is not None, validate_every,
@@ -374,14 +407,16 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         torch.set_rng_state(state["torch_rng"])
         start, history = state["step"] + 1, list(state["history"])
     else:
+        # the students' pools one after another, the first student's first (the teacher's)
         pool = [{n: t.to(device) for n, t in p.items()}
-                for p in pretrained_pool(student, train, config)]
-        farzi = initial_summary(student, train.to(device), config, pool, teacher, vocab,
+                for s in students for p in pretrained_pool(s, train, config)]
+        farzi = initial_summary(students[0], train.to(device), config, pool, teacher, vocab,
                                 g).to(device, dtype)
         # rank 0's pool and start for all: pretraining need not be bitwise reproducible
         ranks.broadcast_([t for p in pool for t in p.values()] + [t.data for t in farzi.meta])
         best = {"score": None, "step": 0, "summary": None}
         start, history = 1, []
+    per_student = len(pool) // len(students)  # starts in each student's pool
     optimizer = torch.optim.Adam(farzi.meta, lr=config.outer_lr)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -404,7 +439,7 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
             group["lr"] = config.outer_lr * 0.5 * (1 + math.cos(math.pi * (step - 1) /
                                                                 config.outer_steps))
         # Every rank draws every loop's start and real batch, in the same order as one process.
-        draws = [(int(torch.randint(len(pool), (1,), generator=g)),
+        draws = [(int(torch.randint(per_student, (1,), generator=g)),
                   torch.randint(len(train), (min(config.outer_batch, len(train)),), generator=g))
                  for _ in range(config.meta_batch)]
         grads = [torch.zeros_like(p) for p in farzi.meta]
@@ -412,9 +447,10 @@ def distill(student: nn.Module, train: torch.Tensor, *, size, inner_steps, outer
         drift = 0.0  # of this process's loops
         for loop in ranks.share(config.meta_batch):
             start_index, rows = draws[loop]
+            turn = ((step - 1) * config.meta_batch + loop) % len(students)
             loss, loop_grads, loop_drift = _inner_loop(
-                student, farzi, config, pool[start_index], train[rows].to(device), padding_id,
-                step, loop, anchor_every, anchor_head)
+                students[turn], farzi, config, pool[turn * per_student + start_index],
+                train[rows].to(device), padding_id, step, loop, anchor_every, anchor_head)
             total += loss
             if math.isnan(loop_drift) or loop_drift > drift:  # NaN (states lost) stays
                 drift = loop_drift
@@ -492,11 +528,13 @@ def _restore(tensors: list | None, config: DistillConfig, vocab: int,
     return farzi
 
 
-def _run_identity(student: nn.Module, train: torch.Tensor) -> dict:
+def _run_identity(students: list, train: torch.Tensor) -> dict:
     """What a checkpoint must have been written for besides the configuration: the same
-    real data and the same student architecture (parameter names and shapes)."""
+    real data and the same student architectures (parameter names and shapes; one student's
+    as before there could be several, so those checkpoints still resume)."""
+    shapes = [{n: list(p.shape) for n, p in s.named_parameters()} for s in students]
     return {"train": content_digest(train.cpu()),
-            "student": {n: list(p.shape) for n, p in student.named_parameters()}}
+            "student": shapes[0] if len(shapes) == 1 else shapes}
 
 
 def _load_checkpoint(path, config: DistillConfig, identity: dict, vocab: int):

@@ -29,6 +29,38 @@ def check_inputs(x: torch.Tensor, vocab_size: int, max_len: int) -> None:
         raise ValueError(f"sequences of {x.shape[1]} exceed max_len={max_len}")
 
 
+def check_sizes(dropout: float, **sizes: int) -> None:
+    """What every student's constructor refuses: sizes that are not positive ints, a dropout
+    outside [0, 1)."""
+    for name, value in sizes.items():
+        require_int(name, value)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+
+
+def embed_inputs(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Hard ids looked up in `table`, soft inputs multiplied into it."""
+    return x @ table if x.is_floating_point() else table[x]
+
+
+def real_items_first(x: torch.Tensor, padding_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For students that read a history in order whatever padding sits in it: each row's real
+    items (not `padding_id`; for soft inputs, not `soft_padding`) moved to its front in order,
+    and the count of real items at or before each position (`back_in_place`'s index)."""
+    padding = soft_padding(x, padding_id) if x.is_floating_point() else x == padding_id
+    order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)  # real items first
+    if x.is_floating_point():
+        order = order[..., None].expand_as(x)
+    return x.gather(1, order), (~padding).long().cumsum(1)
+
+
+def back_in_place(h: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """States computed over `real_items_first` rows, put back: each position takes the
+    state after the last real item at or before it, the zero (no-history) state when none."""
+    state = h.gather(1, (seen - 1).clamp_min(0)[..., None].expand_as(h))
+    return torch.where((seen > 0)[..., None], state, 0.0)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -84,11 +116,8 @@ class CausalTransformer(nn.Module):
                  layers: int = 2, dropout: float = 0.1, padding_id: int | None = None,
                  align: str = "left"):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim),
-                            ("heads", heads), ("layers", layers)):
-            require_int(name, value)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_sizes(dropout, vocab_size=vocab_size, max_len=max_len, dim=dim, heads=heads,
+                    layers=layers)
         if align not in ("left", "right"):
             raise ValueError(f"align must be 'left' or 'right', got {align!r}")
         self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id
@@ -145,11 +174,7 @@ class GRU4Rec(nn.Module):
     def __init__(self, vocab_size: int, max_len: int, dim: int = 64, layers: int = 1,
                  dropout: float = 0.2, padding_id: int | None = None):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("max_len", max_len), ("dim", dim),
-                            ("layers", layers)):
-            require_int(name, value)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        check_sizes(dropout, vocab_size=vocab_size, max_len=max_len, dim=dim, layers=layers)
         self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id
         self.embed = nn.Parameter(torch.randn(vocab_size, dim) * dim ** -0.5)
         self.gru = nn.GRU(dim, dim, layers, batch_first=True,
@@ -159,31 +184,67 @@ class GRU4Rec(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_inputs(x, self.vocab_size, self.max_len)
-        soft = x.is_floating_point()
         if self.padding_id is None:
-            h, _ = self.gru(self.drop(x @ self.embed if soft else self.embed[x]))
+            h, _ = self.gru(self.drop(embed_inputs(x, self.embed)))
             return self.out(self.drop(h))
-        # each row's real items moved to its front in order, packed by count, run, then each
-        # position given the state after the last real item at or before it
-        s = x.shape[1]
-        padding = soft_padding(x, self.padding_id) if soft else x == self.padding_id
-        seen = (~padding).long().cumsum(1)  # real items at or before each position
-        lengths = seen[:, -1].clamp_min(1)
-        order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)  # real items first
-        if soft:
-            inputs = x.gather(1, order[..., None].expand_as(x)) @ self.embed
-        else:
-            inputs = self.embed[x.gather(1, order)]
-        packed = nn.utils.rnn.pack_padded_sequence(self.drop(inputs), lengths.cpu(),
-                                                   batch_first=True, enforce_sorted=False)
+        inputs, seen = real_items_first(x, self.padding_id)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.drop(embed_inputs(inputs, self.embed)), seen[:, -1].clamp_min(1).cpu(),
+            batch_first=True, enforce_sorted=False)
         h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
-                                                total_length=s)
-        # a position before any real item takes the no-history (zero) state
-        state = h.gather(1, (seen - 1).clamp_min(0)[..., None].expand_as(h))
-        return self.out(self.drop(torch.where((seen > 0)[..., None], state, 0.0)))
+                                                total_length=x.shape[1])
+        return self.out(self.drop(back_in_place(h, seen)))
 
 
 def gru4rec(num_items: int, max_len: int = 200, dim: int = 64, layers: int = 1,
             dropout: float = 0.2) -> GRU4Rec:
     """GRU4Rec over items 1..num_items, PADDING_ID (0) padding (vocabulary num_items + 1)."""
     return GRU4Rec(num_items + 1, max_len, dim, layers, dropout, padding_id=PADDING_ID)
+
+
+class CausalCNN(nn.Module):
+    """A NextItNet-style recommender (Yuan et al., 2019): item embedding, residual blocks of
+    dilated causal 1-D convolutions (dilations 1, 2, 4, 8, ...: two per block), an output
+    layer over the vocabulary. A third architecture, neither attention nor recurrence, to
+    judge summaries distilled with the other two; it takes hard ids or soft inputs like them.
+    Padding is skipped as GRU4Rec skips it: the real items are read as one history."""
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int = 64, blocks: int = 2,
+                 kernel: int = 3, dropout: float = 0.2, padding_id: int | None = None):
+        super().__init__()
+        check_sizes(dropout, vocab_size=vocab_size, max_len=max_len, dim=dim, blocks=blocks,
+                    kernel=kernel)
+        self.vocab_size, self.max_len, self.padding_id = vocab_size, max_len, padding_id
+        self.embed = nn.Parameter(torch.randn(vocab_size, dim) * dim ** -0.5)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel, dilation=2 ** i)
+                                   for i in range(2 * blocks))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2 * blocks))
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, vocab_size)
+
+    def _convolve(self, h: torch.Tensor) -> torch.Tensor:
+        for i in range(0, len(self.convs), 2):
+            y = h
+            for conv, norm in zip(self.convs[i:i + 2], self.norms[i:i + 2]):
+                # left padding only: a position sees itself and the items before it
+                y = conv(nn.functional.pad(y.transpose(1, 2),
+                                           (conv.dilation[0] * (conv.kernel_size[0] - 1), 0)))
+                y = torch.relu(norm(y.transpose(1, 2)))
+            h = h + self.drop(y)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_inputs(x, self.vocab_size, self.max_len)
+        if self.padding_id is None:
+            return self.out(self.drop(self._convolve(self.drop(embed_inputs(x, self.embed)))))
+        inputs, seen = real_items_first(x, self.padding_id)
+        # the padding moved behind the real items is never read by them (causal)
+        h = self._convolve(self.drop(embed_inputs(inputs, self.embed)))
+        return self.out(self.drop(back_in_place(h, seen)))
+
+
+def nextitnet(num_items: int, max_len: int = 200, dim: int = 64, blocks: int = 2,
+              dropout: float = 0.2) -> CausalCNN:
+    """A NextItNet-style CNN over items 1..num_items, PADDING_ID (0) padding (vocabulary
+    num_items + 1)."""
+    return CausalCNN(num_items + 1, max_len, dim, blocks, dropout=dropout, padding_id=PADDING_ID)

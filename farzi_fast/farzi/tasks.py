@@ -13,9 +13,9 @@ from .._checks import require_int
 from .data import (PADDING_ID, LanguageData, RecommendationData, load_movielens_100k,
                    load_ptb)
 from .metrics import evaluate_recommender, perplexity
-from .students import GRU4Rec, gru4rec, sasrec, transformer_lm
+from .students import CausalCNN, GRU4Rec, gru4rec, nextitnet, sasrec, transformer_lm
 
-ARCHITECTURES = ("transformer", "gru")
+ARCHITECTURES = ("transformer", "gru", "cnn")
 
 
 @dataclass
@@ -34,16 +34,21 @@ class Task:
 
     def student(self, dim: int = 50, heads: int = 1, layers: int = 2, dropout: float = 0.2,
                 architecture: str = "transformer") -> nn.Module:
-        """A fresh student: the task's causal Transformer (SASRec on ml-100k), or with
-        architecture="gru" a GRU4Rec-style recurrent one (`heads` unused)."""
+        """A fresh student: the task's causal Transformer (SASRec on ml-100k), with
+        architecture="gru" a GRU4Rec-style recurrent one, with "cnn" a NextItNet-style
+        convolutional one of `layers` blocks (`heads` unused by both)."""
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         if self.recommends:
             if architecture == "gru":
                 return gru4rec(self.data.num_items, self.max_len, dim, layers, dropout)
+            if architecture == "cnn":
+                return nextitnet(self.data.num_items, self.max_len, dim, layers, dropout)
             return sasrec(self.data.num_items, self.max_len, dim, heads, layers, dropout)
         if architecture == "gru":
             return GRU4Rec(self.data.vocab_size, self.max_len, dim, layers, dropout)
+        if architecture == "cnn":
+            return CausalCNN(self.data.vocab_size, self.max_len, dim, layers, dropout=dropout)
         return transformer_lm(self.data.vocab_size, self.max_len, dim, heads, layers, dropout)
 
     @property
