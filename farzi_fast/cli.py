@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -143,9 +144,15 @@ def _common(parser, defaults: bool = True):
     parser.add_argument("--seed", type=non_negative, default=0)
 
 
-def _student_args(args) -> dict:
+def _student_args(args, architecture: str | None = None) -> dict:
     return dict(dim=args.dim, heads=args.heads, layers=args.layers, dropout=args.dropout,
-                architecture=args.architecture)
+                architecture=architecture or args.architecture)
+
+
+def _architectures(args) -> list[str]:
+    """The architectures a distillation trains its inner loops with, in turn: --architecture
+    (which makes the teacher), then --also-students."""
+    return [args.architecture, *args.also_students]
 
 
 # the options a preset sets; an explicit value on the command line wins
@@ -173,6 +180,10 @@ def _apply_preset(args) -> None:
     if args.size[1] > args.max_len:
         raise ValueError(f"--size {args.size[0]}x{args.size[1]} holds sequences longer than "
                          f"--max-len {args.max_len}: the students could not read them")
+    architectures = _architectures(args)
+    if len(set(architectures)) < len(architectures):
+        raise ValueError(f"--also-students {' '.join(args.also_students)} repeats an "
+                         f"architecture (--architecture {args.architecture}): name each once")
 
 
 def validation_recipe(args) -> Recipe:
@@ -196,6 +207,8 @@ def cmd_distill(args) -> int:
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "resume", "out", "quiet", "device", "timeout")}
     config["size"] = list(args.size)
+    if not args.also_students:  # as runs written before the option existed (they resume)
+        del config["also_students"]
     config["data"] = str(Path(args.data).resolve()) if args.data else None  # one spelling
     for name in ("interactions", "text", "valid", "test", "tokenizer"):  # one spelling
         if getattr(args, name):
@@ -218,7 +231,7 @@ def cmd_distill(args) -> int:
     if args.interactions:
         config["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
     torch.manual_seed(args.seed)
-    student = task.student(**_student_args(args))
+    student = [task.student(**_student_args(args, a)) for a in _architectures(args)]
     rows = task.train_rows()
     ranks.barrier()  # every rank has checked the folder before rank 0 writes into it
     log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
@@ -252,13 +265,17 @@ def cmd_distill(args) -> int:
             f.write(json.dumps(entry) + "\n")
 
     def validate(step, farzi):
-        result = fit(lambda: task.student(**_student_args(args)).to(args.device),
-                     farzi.soft().detach(), task,
-                     validation_recipe(args), seed=args.seed)
-        write({"step": step, "valid": result.valid,
-               "entropy": farzi.entropy()})
-        bar.set_postfix(valid=f"{result.valid[task.metric]:.4f}")
-        return sign * result.valid[task.metric]
+        """A student of each architecture trained on the summary: their mean metrics."""
+        each = {a: fit(lambda: task.student(**_student_args(args, a)).to(args.device),
+                       farzi.soft().detach(), task, validation_recipe(args),
+                       seed=args.seed).valid
+                for a in _architectures(args)}
+        valid = {k: statistics.mean(v[k] for v in each.values()) for k in next(iter(
+            each.values()))}
+        write({"step": step, "valid": valid, "entropy": farzi.entropy()} |
+              ({"valid_each": each} if len(each) > 1 else {}))
+        bar.set_postfix(valid=f"{valid[task.metric]:.4f}")
+        return sign * valid[task.metric]
 
     def on_step(step, meta_loss, farzi):
         write({"step": step, "meta_loss": meta_loss,
@@ -572,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     # it reach --size's own check, which names the problem.
     d._negative_number_matcher = re.compile(r"^-\d+(\.\d*)?$|^-\d+x\d+$")
     _common(d, defaults=False)
+    d.add_argument("--also-students", nargs="+", choices=ARCHITECTURES, default=[],
+                   metavar="ARCH",
+                   help="further architectures the inner loops take turns with, each with "
+                        "the same --dim/--layers/--dropout (validation averages them all): a "
+                        "summary for more than one architecture, e.g. --also-students gru")
     d.add_argument("--preset", choices=["cpu", "paper"], default="cpu",
                    help="cpu: 50x20, < 30 min on 2 cores; paper: the paper's sizes (its CPU "
                         "time is in the README); explicit options override it")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from farzi_fast import FarziData, distill
-from farzi_fast.cli import main as cli
+from farzi_fast.cli import main as cli, read_log
 from farzi_fast.data import load_movielens_100k, load_ptb
 from farzi_fast.farzi.data import PADDING_ID
 from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained_pool,
@@ -609,6 +609,29 @@ def test_cli_distills_without_a_teacher_from_fresh_students(movielens, data_dir,
     config = json.loads((out / "config.json").read_text())
     assert (config["pretrain_steps"], config["teacher_steps"]) == (0, 400)  # the preset's
     assert FarziData.load(out / "farzi.pt").size == (4, 6)
+
+
+def test_cli_distills_with_several_architectures(movielens, data_dir, tmp_path, capsys):
+    """--also-students: the inner loops take turns with each architecture, validation trains
+    one student of each and logs their mean; an architecture named twice is refused."""
+    out = tmp_path / "run"
+    args = ["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12",
+            "--dim", "8", "--layers", "1", "--size", "4x6", "--inner-steps", "2",
+            "--outer-steps", "2", "--pretrain-steps", "3", "--teacher-steps", "3",
+            "--eval-every", "2", "--train-steps", "2", "--outer-batch", "32", "--quiet"]
+    assert cli(args + ["--out", str(out), "--also-students", "gru", "cnn"]) == 0
+    checks = [e for e in read_log(out / "log.jsonl") if "valid" in e]
+    assert [sorted(e["valid_each"]) for e in checks] == [["cnn", "gru", "transformer"]] * 2
+    for e in checks:
+        assert e["valid"]["HR@10"] == pytest.approx(
+            sum(v["HR@10"] for v in e["valid_each"].values()) / 3)
+    assert json.loads((out / "config.json").read_text())["also_students"] == ["gru", "cnn"]
+    assert FarziData.load(out / "farzi.pt").size == (4, 6)
+    capsys.readouterr()
+    assert cli(args + ["--out", str(tmp_path / "twice"), "--also-students", "transformer"]) == 2
+    err = capsys.readouterr().err
+    assert "--also-students transformer repeats an architecture" in err
+    assert "Traceback" not in err and not (tmp_path / "twice").exists()
 
 
 def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys):
