@@ -1,7 +1,7 @@
 """The distillation table: students trained from scratch on a FarziData summary and on every
 baseline by one protocol (farzi_fast.farzi.protocol: fixed recipe, checkpoint chosen on
-validation, scored on test), for the architecture distilled with (SASRec / Transformer LM)
-and for a GRU4Rec one it never saw.
+validation, scored on test), for the architecture distilled with (SASRec / Transformer LM),
+a GRU4Rec and a NextItNet-style CNN (the judge of summaries distilled with the first two).
 
     python -m benchmarks.bench_distill --dataset ml-100k --preset cpu --seeds 0 1 2 --out DIR
     python -m benchmarks.bench_distill --dataset ml-100k --variant latent8 --seeds 0 --out DIR
