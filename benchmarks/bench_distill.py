@@ -135,6 +135,9 @@ VARIANTS = {
     # inner loops taking turns between SASRec and GRU4Rec, and validation by both: the outer
     # loop tuned the summary to SASRec at GRU4Rec's cost (benchmarks/NOTES.md, session 21)
     "sasrec-gru": dict(students=("transformer", "gru")),
+    # ... with both in every outer step (two loops averaged): one gradient for both students
+    # instead of alternating pulls (seed 2 of sasrec-gru kept its start)
+    "sasrec-gru-meta-batch-2": dict(students=("transformer", "gru"), meta_batch=2),
 } | POOL_VARIANTS
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
 # read by this script, not passed to distill(); students: the architectures the inner loops
