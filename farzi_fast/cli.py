@@ -231,12 +231,12 @@ def cmd_distill(args) -> int:
     if args.interactions:
         config["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
     torch.manual_seed(args.seed)
-    student = [task.student(**_student_args(args, a)) for a in _architectures(args)]
+    students = [task.student(**_student_args(args, a)) for a in _architectures(args)]
     rows = task.train_rows()
     ranks.barrier()  # every rank has checked the folder before rank 0 writes into it
     log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
     if not ranks.leader:  # the others compute, and read the checkpoint on --resume
-        _distill(args, task, student, rows, checkpoint, on_step=None,
+        _distill(args, task, students, rows, checkpoint, on_step=None,
                  validate=_validated_on_rank_0 if args.eval_every else None)
         ranks.barrier()  # leave together, once rank 0 has written the run's files
         return 0
@@ -283,7 +283,7 @@ def cmd_distill(args) -> int:
         bar.set_postfix(meta_loss=f"{meta_loss:.4f}")
         bar.update(1)
 
-    farzi = _distill(args, task, student, rows, checkpoint, on_step,
+    farzi = _distill(args, task, students, rows, checkpoint, on_step,
                      validate if args.eval_every else None)
     bar.close()
     farzi.describe(task.vocabulary, task.titles)  # the summary reads in the data's own ids
@@ -312,8 +312,8 @@ def _distill_settings(args) -> dict:
                 seed=args.seed)
 
 
-def _distill(args, task, student, rows, checkpoint, on_step, validate) -> FarziData:
-    return distill(student, rows, **_distill_settings(args), device=args.device,
+def _distill(args, task, students, rows, checkpoint, on_step, validate) -> FarziData:
+    return distill(students, rows, **_distill_settings(args), device=args.device,
                    callback=on_step, checkpoint=checkpoint,
                    checkpoint_every=args.checkpoint_every, resume=args.resume,
                    validate=validate, validate_every=args.eval_every)
