@@ -226,10 +226,20 @@ def real_tokens(task, rows: torch.Tensor) -> int:
     return int((rows != task.padding_id).sum()) if task.recommends else rows.numel()
 
 
+def run_label(cfg, variant: str, default_steps: int) -> str:
+    """A run's name in the table: its variant, and its budget when not the preset's."""
+    return variant if cfg["outer_steps"] == default_steps else \
+        f"{variant}, {cfg['outer_steps']} outer steps"
+
+
+def summary_stem(task, label: str, seed: int) -> str:
+    """The file name (without suffix) of a run's summary, checkpoint and start in OUT."""
+    return f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}-seed{seed}"
+
+
 def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
               default_steps: int):
-    label = variant if cfg["outer_steps"] == default_steps else \
-        f"{variant}, {cfg['outer_steps']} outer steps"
+    label = run_label(cfg, variant, default_steps)
     name = "FarziData" if label == "default" else f"FarziData [{label}]"
     if scored(results, cfg, name, seed):
         return
@@ -238,7 +248,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     makes = [student_factory(task, cfg, arch, device)
              for arch in VARIANTS[variant].get("students", ("transformer",))]
     sign = 1.0 if task.higher_is_better else -1.0
-    stem = f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}-seed{seed}"
+    stem = summary_stem(task, label, seed)
     # a cut run continues from its last checkpoint (distill resumes exactly), and the start
     # it must still be scored against is kept beside it
     checkpoint, start_file = out / f"{stem}.ckpt", out / f"{stem}.start.pt"
@@ -284,6 +294,42 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
                     seed=seed, **extra)
     checkpoint.unlink()
     start_file.unlink()
+
+
+# What a distilled summary teaches once `farzi-fast export` has written it out for another
+# trainer: hard sequences (each position's most likely id, or one sample of it), or each
+# position's K most likely ids with their probabilities (renormalised over the K).
+EXPORTS = ("greedy", "sample", "top 10", "top 100")
+
+
+def exported(summary: FarziData, how: str, seed: int) -> torch.Tensor:
+    """The data a trainer reads from `summary` exported `how` (EXPORTS): μ × ξ ids, or
+    μ × ξ × V distributions."""
+    if how == "greedy":
+        return summary.sample(greedy=True)
+    if how == "sample":
+        return summary.sample(torch.Generator().manual_seed(seed))
+    soft = summary.soft().detach()
+    kept = soft.topk(int(how.removeprefix("top ")), -1)
+    truncated = torch.zeros_like(soft).scatter_(-1, kept.indices, kept.values)
+    return truncated / truncated.sum(-1, keepdim=True)
+
+
+def exports_run(results, task, cfg, device, seed: int, variant: str, out: Path,
+                default_steps: int):
+    """Students trained on every export of seed's stored summary of `variant`."""
+    label = run_label(cfg, variant, default_steps)
+    path = out / f"{summary_stem(task, label, seed)}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no summary to export (distill it first: the same "
+                                f"command without --exports)")
+    summary = FarziData.load(path, device)
+    name = "FarziData" if label == "default" else f"FarziData [{label}]"
+    for how in EXPORTS:
+        data = exported(summary, how, seed)
+        tokens = real_tokens(task, data) if data.dim() == 2 else cfg["size"][0] * cfg["size"][1]
+        evaluate_source(results, task, cfg, f"{name} exported: {how}", data, tokens, device,
+                        seed=seed)
 
 
 START = "teacher-labelled start (0 outer steps)"
@@ -385,8 +431,12 @@ def main(argv=None):
     parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS),
                         default=sorted(EVAL_STUDENTS), help="evaluation students")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--start-only", action="store_true",
-                        help="evaluate each seed's teacher-labelled start, no outer loop")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--start-only", action="store_true",
+                      help="evaluate each seed's teacher-labelled start, no outer loop")
+    what.add_argument("--exports", action="store_true",
+                      help="train students on each seed's stored summary as `farzi-fast "
+                           "export` writes it out: hard ids, or each position's top K")
     parser.add_argument("--table-only", action="store_true",
                         help="rebuild the table from OUT's JSON lines; run nothing")
     parser.add_argument("--eval-lr", type=float, default=EVALUATION.lr,
@@ -412,7 +462,8 @@ def main(argv=None):
     else:
         rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
                    torch.device(args.device), with_baselines=not args.no_baselines,
-                   default_steps=default_steps, start_only=args.start_only)
+                   default_steps=default_steps, start_only=args.start_only,
+                   exports=args.exports)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
             f"; evaluation students: {EVAL_STUDENTS}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
@@ -431,9 +482,10 @@ def COLUMNS(task):
 
 
 def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
-        with_baselines=True, default_steps=None, start_only=False) -> list[dict]:
-    """Baselines, then a distillation (or only its start) per seed, each result appended to
-    OUT/NAME.jsonl; returns the table rows."""
+        with_baselines=True, default_steps=None, start_only=False,
+        exports=False) -> list[dict]:
+    """Baselines, then a distillation per seed (or only its start, or students on its stored
+    summary's exports), each result appended to OUT/NAME.jsonl; returns the table rows."""
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / f"{name}.jsonl")
     if with_baselines:
@@ -441,6 +493,9 @@ def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
     for seed in seeds:
         if start_only:
             start_run(results, task, cfg, device, seed, variant)
+        elif exports:
+            exports_run(results, task, cfg, device, seed, variant, out,
+                        default_steps or cfg["outer_steps"])
         else:
             farzi_run(results, task, cfg, device, seed, variant, out,
                       default_steps or cfg["outer_steps"])

@@ -464,32 +464,44 @@ def _summary_of(run) -> tuple[FarziData, Path]:
     return FarziData.load(path), path
 
 
-def export_rows(farzi: FarziData, draws: int | None, seed: int = 0) -> list[dict]:
-    """The synthetic sequences as rows (sequence, draw, position, id, item, title,
-    probability): each position's most likely id when `draws` is None, else `draws`
-    samples of every sequence."""
+def export_rows(farzi: FarziData, draws: int | None = None, seed: int = 0,
+                top: int | None = None) -> list[dict]:
+    """The synthetic sequences as rows: each position's most likely id (sequence, draw,
+    position, id, item, title, probability), `draws` samples of every sequence, or each
+    position's `top` most likely ids (sequence, position, rank, id, ...). Only the last keeps
+    what the summary teaches, its distributions: hard sequences teach about as much as the
+    same number of random real ones (README)."""
     probs = farzi.soft().detach().cpu()
+    if top is not None and top > probs.shape[-1]:
+        raise ValueError(f"--top must be at most the summary's {probs.shape[-1]} ids, got {top}")
+    names = farzi.vocabulary
+
+    def row(sequence, position, token, **where):
+        return {"sequence": sequence, **where, "position": position, "id": token,
+                "item": names[token] if names else str(token),
+                "title": farzi.titles[token] if farzi.titles else "",
+                "probability": round(float(probs[sequence, position, token]), 6)}
+
+    if top is not None:
+        ranked = probs.topk(top, -1).indices
+        return [row(sequence, position, token, rank=rank)
+                for sequence, positions in enumerate(ranked.tolist())
+                for position, tokens in enumerate(positions)
+                for rank, token in enumerate(tokens)]
     if draws is None:
         ids = probs.argmax(-1).unsqueeze(0)
     else:
         generator = torch.Generator().manual_seed(seed)
         ids = torch.stack([farzi.sample(generator) for _ in range(draws)]).cpu()
-    names = farzi.vocabulary
-    rows = []
-    for draw, sample in enumerate(ids):
-        for sequence, positions in enumerate(sample):
-            for position, token in enumerate(positions.tolist()):
-                rows.append({"sequence": sequence, "draw": draw, "position": position,
-                             "id": token, "item": names[token] if names else str(token),
-                             "title": farzi.titles[token] if farzi.titles else "",
-                             "probability": round(float(probs[sequence, position, token]), 6)})
-    return rows
+    return [row(sequence, position, token, draw=draw)
+            for draw, sample in enumerate(ids.tolist())
+            for sequence, positions in enumerate(sample)
+            for position, token in enumerate(positions)]
 
 
 def cmd_export(args) -> int:
     farzi, _ = _summary_of(args.run)
-    rows = export_rows(farzi, None if args.greedy or args.sample is None else args.sample,
-                       args.seed)
+    rows = export_rows(farzi, None if args.greedy else args.sample, args.seed, args.top)
     if args.format == "jsonl":
         text = "".join(json.dumps(r) + "\n" for r in rows)
     else:
@@ -671,6 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="each position's most likely id (the default)")
     how.add_argument("--sample", type=positive, default=None, metavar="K",
                      help="K sampled versions of every sequence")
+    how.add_argument("--top", type=positive, default=None, metavar="K",
+                     help="each position's K most likely ids with their probabilities, one row "
+                          "each: the summary's distributions, which is what teaches (hard "
+                          "sequences teach about as much as random real ones)")
     x.add_argument("--seed", type=non_negative, default=0)
     x.add_argument("--out", default=None, help="file to write (default: standard output)")
     x.set_defaults(func=cmd_export, device="cpu")

@@ -196,6 +196,38 @@ def test_distill_benchmark_scores_saved_summaries_under_another_recipe(data_dir,
     assert report["config"]["eval_recipe"]["lr"] == 3e-3
 
 
+def test_distill_benchmark_trains_students_on_every_export_of_a_saved_summary(
+        data_dir, tmp_path, monkeypatch):
+    """--exports: the stored summary, as `farzi-fast export` writes it out (hard ids, or each
+    position's K most likely ids renormalised), is what each export's students train on."""
+    from farzi_fast.farzi.summary import FarziData
+
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
+    device = torch.device("cpu")
+    with pytest.raises(FileNotFoundError, match="no summary to export"):
+        bench_distill.run(task, cfg, [0], "default", 1, tmp_path, "t", device,
+                          with_baselines=False, exports=True)
+    bench_distill.run(task, cfg, [0], "default", 1, tmp_path, "t", device, with_baselines=False)
+    soft = FarziData.load(tmp_path / "farzi-ml-100k-default-seed0.pt").soft().detach()
+    trained_on = {}
+    monkeypatch.setattr(bench_distill, "distill", None)  # nothing is distilled again
+    monkeypatch.setattr(bench_distill, "evaluate_source",
+                        lambda results, task, cfg, source, data, *a, **k:
+                        trained_on.setdefault(source, data))
+    bench_distill.run(task, cfg, [0], "default", 1, tmp_path, "t", device,
+                      with_baselines=False, exports=True)
+    assert set(trained_on) == {f"FarziData exported: {how}" for how in bench_distill.EXPORTS}
+    assert torch.equal(trained_on["FarziData exported: greedy"], soft.argmax(-1))
+    sample = trained_on["FarziData exported: sample"]
+    assert sample.shape == soft.shape[:2] and bool((soft.gather(-1, sample[..., None]) > 0).all())
+    for k in (10, 100):
+        top = trained_on[f"FarziData exported: top {k}"]
+        kept = soft.topk(k, -1)
+        assert bool(((top > 0).sum(-1) == k).all())
+        torch.testing.assert_close(top.gather(-1, kept.indices),
+                                   kept.values / kept.values.sum(-1, keepdim=True))
+
+
 def test_distill_benchmark_run_cut_mid_distillation_continues_exactly(data_dir, tmp_path,
                                                                       monkeypatch, capsys):
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch, outer_steps=3,

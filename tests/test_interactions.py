@@ -108,6 +108,16 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
     assert cli(["export", str(run), "--greedy"]) == 0
     greedy = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(greedy) == 12 and all(0 < r["probability"] <= 1 for r in greedy)
+    assert cli(["export", str(run), "--top", "3"]) == 0  # the distributions, truncated
+    top = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    probs = summary.soft().detach()
+    assert [(r["sequence"], r["position"], r["rank"]) for r in top] == [
+        (s, p, k) for s in range(3) for p in range(4) for k in range(3)]
+    assert [r["id"] for r in top] == probs.topk(3, -1).indices.flatten().tolist()
+    assert [r["id"] for r in top if r["rank"] == 0] == [r["id"] for r in greedy]
+    assert cli(["export", str(run), "--top", str(summary.vocab_size + 1)]) == 2
+    assert f"--top must be at most the summary's {summary.vocab_size} ids" in \
+        capsys.readouterr().err
 
     assert cli(["inspect", str(run), "--interactions", str(log)]) == 0
     report = capsys.readouterr().out
