@@ -5,7 +5,7 @@
                         --farzi runs/ml/farzi.pt --out runs/ml/student.pt
     farzi-fast evaluate --dataset ml-100k --data ../shared/data --student runs/ml/student.pt
     farzi-fast distill  --interactions my_log.csv --out runs/mine   # a user's own log
-    farzi-fast export   runs/mine --format csv --greedy             # sequences in their ids
+    farzi-fast export   runs/mine --format csv --top 100            # distributions, their ids
     farzi-fast inspect  runs/mine --interactions my_log.csv
 
 Instead of --dataset, --interactions FILE reads an interaction log (CSV/TSV, Parquet or a
