@@ -232,6 +232,11 @@ def run_label(cfg, variant: str, default_steps: int) -> str:
         f"{variant}, {cfg['outer_steps']} outer steps"
 
 
+def farzi_source(label: str) -> str:
+    """The table's name for the summary of a run labelled `label` (see run_label)."""
+    return "FarziData" if label == "default" else f"FarziData [{label}]"
+
+
 def summary_stem(task, label: str, seed: int) -> str:
     """The file name (without suffix) of a run's summary, checkpoint and start in OUT."""
     return f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}-seed{seed}"
@@ -240,7 +245,7 @@ def summary_stem(task, label: str, seed: int) -> str:
 def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
               default_steps: int):
     label = run_label(cfg, variant, default_steps)
-    name = "FarziData" if label == "default" else f"FarziData [{label}]"
+    name = farzi_source(label)
     if scored(results, cfg, name, seed):
         return
     settings = run_settings(cfg, variant)
@@ -324,7 +329,7 @@ def exports_run(results, task, cfg, device, seed: int, variant: str, out: Path,
         raise FileNotFoundError(f"{path}: no summary to export (distill it first: the same "
                                 f"command without --exports)")
     summary = FarziData.load(path, device)
-    name = "FarziData" if label == "default" else f"FarziData [{label}]"
+    name = farzi_source(label)
     for how in EXPORTS:
         data = exported(summary, how, seed)
         tokens = real_tokens(task, data) if data.dim() == 2 else cfg["size"][0] * cfg["size"][1]
