@@ -15,8 +15,9 @@ the baselines) is rebuilt from that file each time.
 
 scores every source again with students trained at another learning rate (its own file,
 distill-<dataset>-<preset>-eval-lr-<lr>.jsonl): a summary is data only if it teaches students
-trained by recipes other than the one it was chosen by. Summaries already in DIR (farzi-*.pt)
-are scored, not distilled again.
+trained by recipes other than the one it was chosen by. `--judges` does the same with students
+of other sizes than any run's (JUDGES; distill-<dataset>-<preset>-judges.jsonl). Summaries
+already in DIR (farzi-*.pt) are scored, not distilled again.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ from .timing import device_name
 EVAL_STUDENTS = {"transformer": dict(architecture="transformer"),
                  "gru": dict(architecture="gru", dim=64, layers=1),
                  "cnn": dict(architecture="cnn", dim=64, layers=2)}
+# Judges (--judges): the three architectures at sizes no run distils or validates with,
+# wider and deeper (the sizes the literature trains on full data), each scoring every source
+# by the same recipe into its own results file: a summary is data only if students it was
+# not chosen for learn from it as they learn from the real data.
+JUDGES = {"transformer-128x3": dict(architecture="transformer", dim=128, heads=2, layers=3),
+          "gru-128x2": dict(architecture="gru", dim=128, layers=2),
+          "cnn-128x3": dict(architecture="cnn", dim=128, layers=3)}
 # Inner loops from scratch, as the evaluation students train: 100 steps from one of 16 random
 # initialisations (no pretraining; a teacher, where one is asked for, is the first, trained
 # alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
@@ -175,7 +183,7 @@ class Results:
 
 def student_factory(task, cfg, arch, device):
     kwargs = dict(dim=cfg["dim"], heads=cfg["heads"], layers=cfg["layers"],
-                  dropout=cfg["dropout"]) | EVAL_STUDENTS[arch]
+                  dropout=cfg["dropout"]) | (EVAL_STUDENTS | JUDGES)[arch]
     return lambda: task.student(**kwargs).to(device)
 
 
@@ -412,10 +420,12 @@ def table(results, task) -> list[dict]:
             ref = mean(base, arch if arch != "-" else "transformer")
             if ref:
                 row[key] = row["mean"] / ref if task.higher_is_better else ref / row["mean"]
-        if "distill_seconds" in rows[0]:
-            whole = [r for r in rows if not r.get("resumed")] or rows  # a resumed run's is a part
+        # rows of summaries distilled here; one scored from a stored file has no timing
+        timed = [r for r in rows if "distill_seconds" in r]
+        if timed:
+            whole = [r for r in timed if not r.get("resumed")] or timed  # a resumed run's is a part
             row["distill_min"] = statistics.mean(r["distill_seconds"] for r in whole) / 60
-            row["selected_step"] = "/".join(str(r["selected_step"]) for r in rows)
+            row["selected_step"] = "/".join(str(r["selected_step"]) for r in timed)
         out.append(row)
     return out
 
@@ -433,8 +443,11 @@ def main(argv=None):
     parser.add_argument("--outer-steps", type=int, default=None,
                         help="override the preset's (ablations at a shorter budget)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS),
-                        default=sorted(EVAL_STUDENTS), help="evaluation students")
+    parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS | JUDGES),
+                        default=None, help="evaluation students (default: all of the panel)")
+    parser.add_argument("--judges", action="store_true",
+                        help="score every source with the judges (students of other sizes "
+                             "than any run's) instead, into their own results file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--start-only", action="store_true",
@@ -451,17 +464,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.eval_lr > 0:
         parser.error(f"--eval-lr must be a positive learning rate, got {args.eval_lr}")
+    panel = JUDGES if args.judges else EVAL_STUDENTS
+    if args.students and not set(args.students) <= set(panel):
+        parser.error(f"--students must be among {sorted(panel)}"
+                     f"{' with' if args.judges else ' without'} --judges, got {args.students}")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = variant_preset(args.dataset, args.preset, args.variant)
     default_steps = cfg["outer_steps"]
-    cfg["eval_students"] = args.students
+    cfg["eval_students"] = args.students or sorted(panel)
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps
     cfg["eval_recipe"] = dataclasses.replace(EVALUATION, lr=args.eval_lr)
     task = load_task(args.dataset, args.data, cfg["max_len"])
     name = f"distill-{args.dataset}-{args.preset}" + (
-        "" if args.eval_lr == EVALUATION.lr else f"-eval-lr-{args.eval_lr:g}")
+        "" if args.eval_lr == EVALUATION.lr else f"-eval-lr-{args.eval_lr:g}") + (
+        "-judges" if args.judges else "")
     if args.table_only:  # e.g. while a long run is still adding rows
         rows = table(Results(Path(args.out) / f"{name}.jsonl"), task)
     else:
@@ -470,7 +488,7 @@ def main(argv=None):
                    default_steps=default_steps, start_only=args.start_only,
                    exports=args.exports)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
-            f"; evaluation students: {EVAL_STUDENTS}")
+            f"; evaluation students: {panel}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
                             torch=torch.__version__,
                             config=cfg | dict(eval_recipe=dataclasses.asdict(cfg["eval_recipe"])),

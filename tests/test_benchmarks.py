@@ -196,6 +196,64 @@ def test_distill_benchmark_scores_saved_summaries_under_another_recipe(data_dir,
     assert report["config"]["eval_recipe"]["lr"] == 3e-3
 
 
+def test_distill_benchmark_judges_score_every_source_at_their_own_sizes(data_dir, tmp_path,
+                                                                       monkeypatch):
+    """--judges: every source is scored by the judges, built at their sizes (not the
+    preset's), and only by them; --students names a part of the panel in use, or is refused."""
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
+    monkeypatch.setattr(bench_distill, "JUDGES", {  # the panel's shape at a test's sizes
+        "transformer-12x3": dict(architecture="transformer", dim=12, heads=2, layers=3),
+        "gru-12x2": dict(architecture="gru", dim=12, layers=2),
+        "cnn-12x3": dict(architecture="cnn", dim=12, layers=3)})
+    built = []
+    factory = bench_distill.student_factory
+
+    def recording(task, cfg, arch, device):
+        make = factory(task, cfg, arch, device)
+        return lambda: built.append((arch, make())) or built[-1][1]
+
+    monkeypatch.setattr(bench_distill, "student_factory", recording)
+    judged = cfg | dict(eval_students=sorted(bench_distill.JUDGES))
+    rows = bench_distill.run(task, judged, [0], "default", 1, tmp_path, "t", torch.device("cpu"),
+                             with_baselines=False)
+    assert {(r["source"], r["student"]) for r in rows} == {
+        (source, arch) for source in ("FarziData", bench_distill.START)
+        for arch in bench_distill.JUDGES}
+    for arch, student in built:
+        if arch in bench_distill.JUDGES:
+            sizes = bench_distill.JUDGES[arch]
+            depth = {"transformer": lambda: len(student.blocks),
+                     "gru": lambda: student.gru.num_layers,
+                     "cnn": lambda: len(student.convs) // 2}[sizes["architecture"]]()
+            assert (student.embed.shape[1], depth) == (sizes["dim"], sizes["layers"])
+    assert {a for a, _ in built} == set(bench_distill.JUDGES) | {"transformer"}  # + the run's
+    command = ["--dataset", "ml-100k", "--data", str(data_dir), "--table-only",
+               "--out", str(tmp_path)]
+    for argv in (["--judges", "--students", "transformer"], ["--students", "gru-12x2"]):
+        with pytest.raises(SystemExit) as refused:
+            bench_distill.main(command + argv)
+        assert refused.value.code == 2
+    bench_distill.main(command + ["--judges"])
+    report = json.loads((tmp_path / "distill-ml-100k-cpu-judges.json").read_text())
+    assert report["config"]["eval_students"] == sorted(bench_distill.JUDGES)
+
+
+def test_distill_benchmark_table_mixes_summaries_distilled_and_scored_from_files(tmp_path):
+    """A seed distilled in this run beside one scored from its stored file (which has no
+    timing): the table times the first and still averages both."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench_distill
+    results = bench_distill.Results(tmp_path / "t.jsonl")
+    for seed, extra in ((1, dict(distill_seconds=120.0, selected_step=75)), (0, {})):
+        results.add(dict(source="FarziData", arch="gru", seed=seed, tokens=10,
+                         test={"HR@10": 0.1 + seed / 10}, **extra))
+    task = SimpleNamespace(metric="HR@10", higher_is_better=True)
+    (row,) = bench_distill.table(results, task)
+    assert (row["n"], row["distill_min"], row["selected_step"]) == (2, 2.0, "75")
+    assert row["mean"] == pytest.approx(0.15)
+
+
 def test_distill_benchmark_trains_students_on_every_export_of_a_saved_summary(
         data_dir, tmp_path, monkeypatch):
     """--exports: the stored summary, as `farzi-fast export` writes it out (hard ids, or each
