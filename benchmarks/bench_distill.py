@@ -56,6 +56,10 @@ EVAL_STUDENTS = {"transformer": dict(architecture="transformer"),
 JUDGES = {"transformer-128x3": dict(architecture="transformer", dim=128, heads=2, layers=3),
           "gru-128x2": dict(architecture="gru", dim=128, layers=2),
           "cnn-128x3": dict(architecture="cnn", dim=128, layers=3)}
+# SASRecs of other sizes than the preset's and the judges', for inner loops only
+INNER_SIZES = {"transformer-32x1": dict(architecture="transformer", dim=32, heads=1, layers=1),
+               "transformer-96x3": dict(architecture="transformer", dim=96, heads=2, layers=3)}
+STUDENTS = EVAL_STUDENTS | JUDGES | INNER_SIZES
 # Inner loops from scratch, as the evaluation students train: 100 steps from one of 16 random
 # initialisations (no pretraining; a teacher, where one is asked for, is the first, trained
 # alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
@@ -146,6 +150,10 @@ VARIANTS = {
     # ... with both in every outer step (two loops averaged): one gradient for both students
     # instead of alternating pulls (seed 2 of sasrec-gru kept its start)
     "sasrec-gru-meta-batch-2": dict(students=("transformer", "gru"), meta_batch=2),
+    # inner loops taking turns between SASRecs of three sizes (dim 50 x 2 layers, 32 x 1,
+    # 96 x 3), validation by all three: the outer loop's gain reached no judge of another size
+    # (benchmarks/NOTES.md, session 24); whether a summary tuned to several sizes does
+    "sasrec-sizes": dict(students=("transformer", "transformer-32x1", "transformer-96x3")),
 } | POOL_VARIANTS
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
 # read by this script, not passed to distill(); students: the architectures the inner loops
@@ -183,7 +191,7 @@ class Results:
 
 def student_factory(task, cfg, arch, device):
     kwargs = dict(dim=cfg["dim"], heads=cfg["heads"], layers=cfg["layers"],
-                  dropout=cfg["dropout"]) | (EVAL_STUDENTS | JUDGES)[arch]
+                  dropout=cfg["dropout"]) | STUDENTS[arch]
     return lambda: task.student(**kwargs).to(device)
 
 

@@ -60,6 +60,8 @@ def test_distill_benchmark_variants_name_only_known_settings():
     from benchmarks import bench_distill as b
     known = set(b.DISTILL_KEYS) | set(b.VARIANT_KEYS) | set(b.BENCH_KEYS)
     assert {v: set(o) - known for v, o in b.VARIANTS.items() if set(o) - known} == {}
+    assert {v: set(o["students"]) - set(b.STUDENTS) for v, o in b.VARIANTS.items()
+            if set(o.get("students", ())) - set(b.STUDENTS)} == {}
 
 
 def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
