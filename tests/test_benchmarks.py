@@ -203,10 +203,12 @@ def test_distill_benchmark_judges_score_every_source_at_their_own_sizes(data_dir
     """--judges: every source is scored by the judges, built at their sizes (not the
     preset's), and only by them; --students names a part of the panel in use, or is refused."""
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
-    monkeypatch.setattr(bench_distill, "JUDGES", {  # the panel's shape at a test's sizes
+    judges = {  # the panel's shape at a test's sizes
         "transformer-12x3": dict(architecture="transformer", dim=12, heads=2, layers=3),
         "gru-12x2": dict(architecture="gru", dim=12, layers=2),
-        "cnn-12x3": dict(architecture="cnn", dim=12, layers=3)})
+        "cnn-12x3": dict(architecture="cnn", dim=12, layers=3)}
+    monkeypatch.setattr(bench_distill, "JUDGES", judges)
+    monkeypatch.setattr(bench_distill, "STUDENTS", bench_distill.STUDENTS | judges)
     built = []
     factory = bench_distill.student_factory
 
