@@ -59,7 +59,13 @@ JUDGES = {"transformer-128x3": dict(architecture="transformer", dim=128, heads=2
 # SASRecs of other sizes than the preset's and the judges', for inner loops only
 INNER_SIZES = {"transformer-32x1": dict(architecture="transformer", dim=32, heads=1, layers=1),
                "transformer-96x3": dict(architecture="transformer", dim=96, heads=2, layers=3)}
-STUDENTS = EVAL_STUDENTS | JUDGES | INNER_SIZES
+
+
+def known_students() -> dict:
+    """Every student a run or a table can name, by name: the panels as they are now."""
+    return EVAL_STUDENTS | JUDGES | INNER_SIZES
+
+
 # Inner loops from scratch, as the evaluation students train: 100 steps from one of 16 random
 # initialisations (no pretraining; a teacher, where one is asked for, is the first, trained
 # alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
@@ -191,7 +197,7 @@ class Results:
 
 def student_factory(task, cfg, arch, device):
     kwargs = dict(dim=cfg["dim"], heads=cfg["heads"], layers=cfg["layers"],
-                  dropout=cfg["dropout"]) | STUDENTS[arch]
+                  dropout=cfg["dropout"]) | known_students()[arch]
     return lambda: task.student(**kwargs).to(device)
 
 

@@ -60,8 +60,9 @@ def test_distill_benchmark_variants_name_only_known_settings():
     from benchmarks import bench_distill as b
     known = set(b.DISTILL_KEYS) | set(b.VARIANT_KEYS) | set(b.BENCH_KEYS)
     assert {v: set(o) - known for v, o in b.VARIANTS.items() if set(o) - known} == {}
-    assert {v: set(o["students"]) - set(b.STUDENTS) for v, o in b.VARIANTS.items()
-            if set(o.get("students", ())) - set(b.STUDENTS)} == {}
+    known_students = set(b.known_students())
+    assert {v: set(o["students"]) - known_students for v, o in b.VARIANTS.items()
+            if set(o.get("students", ())) - known_students} == {}
 
 
 def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
@@ -208,7 +209,6 @@ def test_distill_benchmark_judges_score_every_source_at_their_own_sizes(data_dir
         "gru-12x2": dict(architecture="gru", dim=12, layers=2),
         "cnn-12x3": dict(architecture="cnn", dim=12, layers=3)}
     monkeypatch.setattr(bench_distill, "JUDGES", judges)
-    monkeypatch.setattr(bench_distill, "STUDENTS", bench_distill.STUDENTS | judges)
     built = []
     factory = bench_distill.student_factory
 

@@ -156,8 +156,8 @@ def test_meta_without_grad_and_outer_terms_that_use_meta_directly():
         return outer_fn(f) + (x ** 2).mean()
 
     # Adam ignores the loss's scale but for eps, so dF/dscale flows through eps alone: at
-    # torch's 1e-8 it is 1.9e-8, a difference of O(1) terms whose float64 rounding alone is
-    # 2.6e-9 of it in either method. At eps 1e-4 it is 2.3e-4 and the methods agree to 2e-13.
+    # torch's 1e-8 it is 1.9e-8, a difference of O(1) terms, and the two methods' float64
+    # roundings differ by 2.6e-9 of it. At eps 1e-4 it is 2.3e-4 and they agree to 2e-13.
     opts = dict(meta=(x, y, scale), lr=0.05, eps=1e-4)
     got = meta_gradient(model, inner, outer, 10, **opts)
     want = unrolled_meta_gradient(model, inner, outer, 10, **opts)
