@@ -160,6 +160,20 @@ VARIANTS = {
     # 96 x 3), validation by all three: the outer loop's gain reached no judge of another size
     # (benchmarks/NOTES.md, session 24); whether a summary tuned to several sizes does
     "sasrec-sizes": dict(students=("transformer", "transformer-32x1", "transformer-96x3")),
+    # the paper's three ablations over the preset as it is (latent8, sgd-inner and
+    # no-pretrained measured them over the pool preset, whose outer loop moved nothing):
+    # the summary as rank-8 latents and a decoder, fitted to the same start. At the logits'
+    # outer lr (0.1) the meta-loss rose from the first step (6.34 -> 8.4 in 40 steps, seed 0):
+    # an Adam step of one lr moves a product of two factors further than one logit
+    "factorised-8-outer-lr-0.01": dict(latent_dim=8, outer_lr=0.01),
+    # plain SGD inner loops (unrolled autograd). lr 3: the lowest real-data loss after 100
+    # steps from fresh students on seed 0's start, of 1, 3 and 10 (6.87 against Adam's 6.28;
+    # 30 diverged)
+    "sgd-inner-lr-3": dict(inner_optimizer="sgd", inner_lr=3.0),
+    # inner loops from the paper's pretrained trajectories: 2 students trained 400 steps on
+    # real data, checkpoints every 50 (18 starts) instead of 16 fresh initialisations; the
+    # teacher is the first of them trained on to the preset's 400 steps, so the start differs
+    "pretrained-pool": dict(pretrained_students=2, pretrain_steps=400),
 } | POOL_VARIANTS
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
 # read by this script, not passed to distill(); students: the architectures the inner loops

@@ -88,6 +88,12 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
     # variants added since are overrides of the preset as it is
     assert b.run_settings(b.variant_preset("ml-100k", "cpu", "uniform-0.25"), "uniform-0.25") == (
         b.run_settings(now, "default") | dict(uniform_share=0.25))
+    # ... and so are the paper's ablations re-measured over it
+    for variant, change in (("factorised-8-outer-lr-0.01", dict(latent_dim=8, outer_lr=0.01)),
+                            ("sgd-inner-lr-3", dict(inner_optimizer="sgd", inner_lr=3.0)),
+                            ("pretrained-pool", dict(pretrained_students=2, pretrain_steps=400))):
+        assert b.run_settings(b.variant_preset("ml-100k", "cpu", variant), variant) == (
+            b.run_settings(now, "default") | change), variant
 
 
 def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
