@@ -76,6 +76,17 @@ def _count(minimum: int):
 positive, non_negative = _count(1), _count(0)
 
 
+def _rate(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _source(parser, required: bool = True):
     """Where the data comes from: a named data set, a user's interaction log, or a text."""
     source = parser.add_mutually_exclusive_group(required=required)
@@ -196,7 +207,7 @@ def validation_recipe(args) -> Recipe:
 def cmd_distill(args) -> int:
     _apply_preset(args)
     ranks = Ranks.of()
-    DistillConfig(**_distill_settings(args))  # a bad setting is refused before any writing
+    _check_settings(args)  # a bad setting is refused before any writing
     if args.meta_batch % ranks.world:
         raise ValueError(f"--meta-batch {args.meta_batch} is not divisible by the "
                          f"{ranks.world} processes: each runs the same number of inner loops")
@@ -310,6 +321,18 @@ def _distill_settings(args) -> dict:
                 pretrained_students=args.pretrained_students,
                 pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
                 seed=args.seed)
+
+
+def _check_settings(args) -> None:
+    """distill()'s own check of the settings, its refusal naming the option as typed."""
+    settings = _distill_settings(args)
+    try:
+        DistillConfig(**settings)
+    except ValueError as error:
+        field, _, rest = str(error).partition(" ")
+        if field not in settings:
+            raise
+        raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
 
 
 def _distill(args, task, students, rows, checkpoint, on_step, validate) -> FarziData:
@@ -643,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last summary is kept)")
     d.add_argument("--train-steps", type=positive, default=600,
                    help="most steps of the students that validate the summary")
-    d.add_argument("--train-lr", type=float, default=1e-3)
+    d.add_argument("--train-lr", type=_rate, default=1e-3)
     d.add_argument("--meta-batch", type=positive, default=1,
                    help="inner loops averaged per outer step; under torchrun split over the "
                         "processes (must divide by their number)")
@@ -663,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--count", type=positive, default=50, help="rows of the random subset")
     t.add_argument("--steps", type=positive, default=1500,
                    help="most training steps; the checkpoint best on validation is kept")
-    t.add_argument("--train-lr", type=float, default=1e-3)
+    t.add_argument("--train-lr", type=_rate, default=1e-3)
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
 

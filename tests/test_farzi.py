@@ -17,6 +17,7 @@ from farzi_fast.farzi.data import PADDING_ID
 from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained_pool,
                                       teacher_sequences)
 from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
+from farzi_fast.farzi.protocol import Recipe
 from farzi_fast.farzi.students import gru4rec, nextitnet, sasrec, transformer_lm
 from farzi_fast.farzi.train import hard_loss, soft_loss
 
@@ -379,6 +380,19 @@ def test_distill_refuses_bad_input(movielens):
         distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_steps=0)))
     with pytest.raises(ValueError, match="inner_eps must be a finite number > 0"):
         distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_eps=0.0)))
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("lr", 0.0, "lr must be a finite number > 0"), ("lr", float("nan"), "lr must be"),
+    ("weight_decay", -0.1, "weight_decay must be a finite number >= 0"),
+    ("batch_size", 0, "batch_size must be a positive int"),
+    ("max_steps", 2.5, "max_steps must be a positive int"),
+    ("eval_every", True, "eval_every must be a positive int"),
+    ("patience", -1, "patience must be a positive int")])
+def test_recipe_refuses_what_cannot_train(field, value, expected):
+    with pytest.raises(ValueError, match=expected):
+        Recipe(**{field: value})
+    assert Recipe(weight_decay=0.0).weight_decay == 0.0  # no decay is a recipe
 
 
 def test_distill_lowers_the_meta_loss(movielens):

@@ -134,7 +134,13 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
                           ("--teacher-share", "1.5"), ("--uniform-share", "-0.5")):
         assert cli(base + [option, value]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and option[2:].replace("-", "_") in err
+        assert err.count("\n") == 1 and f"error: {option} must" in err
+    for command in (base, ["train", "--dataset", "ml-100k", "--data", str(data_dir), "--on",
+                           "full", "--out", str(tmp_path / "run")]):
+        with pytest.raises(SystemExit) as refused:  # it once trained at lr 0
+            cli(command + ["--train-lr", "0"])
+        assert refused.value.code == 2
+        assert "--train-lr: expected a finite number > 0, got '0'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
     if not torch.cuda.is_available():
         assert cli(base + ["--device", "cuda"]) == 2

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .._checks import require_int
+from .._checks import require_int, require_positive
 from ..engine import NonFiniteError, unroll, unrolled_sgd
 from .files import atomic_save, content_digest, safe_load
 from .parallel import Ranks, checksum
@@ -98,9 +98,7 @@ class DistillConfig:
                                  f"pretrain_steps ({self.pretrain_steps}): the teacher is the "
                                  f"first pretrained student, trained on")
         for name in ("inner_lr", "inner_eps", "outer_lr", "temperature", "pretrain_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            require_positive(name, getattr(self, name))
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got "
                              f"{self.inner_optimizer!r}")

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .._checks import require_int, require_positive
 from .train import train_student
 
 
@@ -26,6 +27,12 @@ class Recipe:
     eval_every: int = 50
     patience: int = 6
     weight_decay: float = 0.0
+
+    def __post_init__(self):
+        require_positive("lr", self.lr)
+        for name in ("batch_size", "max_steps", "eval_every", "patience"):
+            require_int(name, getattr(self, name))
+        require_positive("weight_decay", self.weight_decay, zero_ok=True)
 
 
 @dataclass
