@@ -160,6 +160,15 @@ def _student_args(args, architecture: str | None = None) -> dict:
                 architecture=architecture or args.architecture)
 
 
+def _student(task, args, architecture: str | None = None):
+    """A fresh student as the options ask; a refusal names the options as typed."""
+    settings = _student_args(args, architecture)
+    try:
+        return task.student(**settings)
+    except ValueError as error:
+        raise _as_options(error, settings) from None
+
+
 def _architectures(args) -> list[str]:
     """The architectures a distillation trains its inner loops with, in turn: --architecture
     (which makes the teacher), then --also-students."""
@@ -242,7 +251,7 @@ def cmd_distill(args) -> int:
     if args.interactions:
         config["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
     torch.manual_seed(args.seed)
-    students = [task.student(**_student_args(args, a)) for a in _architectures(args)]
+    students = [_student(task, args, a) for a in _architectures(args)]
     rows = task.train_rows()
     ranks.barrier()  # every rank has checked the folder before rank 0 writes into it
     log_file, checkpoint = out / "log.jsonl", out / "checkpoint.pt"
@@ -277,7 +286,7 @@ def cmd_distill(args) -> int:
 
     def validate(step, farzi):
         """A student of each architecture trained on the summary: their mean metrics."""
-        each = {a: fit(lambda: task.student(**_student_args(args, a)).to(args.device),
+        each = {a: fit(lambda: _student(task, args, a).to(args.device),
                        farzi.soft().detach(), task, validation_recipe(args),
                        seed=args.seed).valid
                 for a in _architectures(args)}
@@ -324,15 +333,20 @@ def _distill_settings(args) -> dict:
 
 
 def _check_settings(args) -> None:
-    """distill()'s own check of the settings, its refusal naming the option as typed."""
+    """distill()'s own check of the settings, its refusal naming the options as typed."""
     settings = _distill_settings(args)
     try:
         DistillConfig(**settings)
     except ValueError as error:
-        field, _, rest = str(error).partition(" ")
-        if field not in settings:
-            raise
-        raise ValueError(f"--{field.replace('_', '-')} {rest}") from None
+        raise _as_options(error, settings) from None
+
+
+def _as_options(error: ValueError, names) -> ValueError:
+    """`error` with the settings in `names` spelled as the command line's options."""
+    message = str(error)
+    for name in names:
+        message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
+    return ValueError(message)
 
 
 def _distill(args, task, students, rows, checkpoint, on_step, validate) -> FarziData:
@@ -444,7 +458,8 @@ def cmd_train(args) -> int:
         farzi = FarziData.load(args.farzi)
         check_vocabulary(farzi, task, args.farzi)
         data = farzi.soft().detach()
-    result = fit_and_test(lambda: task.student(**_student_args(args)).to(args.device), data,
+    _student(task, args)  # bad options refused before training
+    result = fit_and_test(lambda: _student(task, args).to(args.device), data,
                           task, Recipe(lr=args.train_lr, max_steps=args.steps), seed=args.seed)
     atomic_save({"format": STUDENT_FORMAT, "dataset": _identity(task), "max_len": task.max_len,
                  "student": _student_args(args), "state": result.student.state_dict()},

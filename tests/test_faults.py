@@ -129,18 +129,24 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
         cli(base + ["--pretrain-steps", "-1"])
     assert refused.value.code == 2
     assert "--pretrain-steps: expected a whole number >= 0" in capsys.readouterr().err
-    # refused by distill's own settings check, before the data is read or --out written
+    # refused by distill's own settings check (before the data is read) and by the students'
+    # (before --out is written), each naming the option as typed
     for option, value in (("--inner-lr", "-1"), ("--inner-eps", "0"), ("--outer-lr", "nan"),
-                          ("--teacher-share", "1.5"), ("--uniform-share", "-0.5")):
+                          ("--teacher-share", "1.5"), ("--uniform-share", "-0.5"),
+                          ("--dropout", "1")):
         assert cli(base + [option, value]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"error: {option} must" in err
+    assert cli(base + ["--dim", "7", "--heads", "2"]) == 2
+    assert "error: --dim (7) must be divisible by --heads (2)" in capsys.readouterr().err
     for command in (base, ["train", "--dataset", "ml-100k", "--data", str(data_dir), "--on",
                            "full", "--out", str(tmp_path / "run")]):
         with pytest.raises(SystemExit) as refused:  # it once trained at lr 0
             cli(command + ["--train-lr", "0"])
         assert refused.value.code == 2
         assert "--train-lr: expected a finite number > 0, got '0'" in capsys.readouterr().err
+    assert cli(command + ["--dropout", "-0.5"]) == 2  # train's students, as distill's
+    assert "error: --dropout must lie in [0, 1), got -0.5" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
     if not torch.cuda.is_available():
         assert cli(base + ["--device", "cuda"]) == 2
