@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import require_positive
 from .farzi.distill import DistillConfig, changed_settings, distill
 from .farzi.interactions import load_interactions
 from .farzi.parallel import RankFailureError, RankMismatchError, Ranks
@@ -78,13 +79,10 @@ positive, non_negative = _count(1), _count(0)
 
 def _rate(text: str) -> float:
     """An argparse type: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
+    try:  # float() and the library's own check of a rate refuse alike
+        return require_positive("rate", float(text))
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
 
 
 def _source(parser, required: bool = True):

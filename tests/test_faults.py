@@ -139,13 +139,14 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
         assert err.count("\n") == 1 and f"error: {option} must" in err
     assert cli(base + ["--dim", "7", "--heads", "2"]) == 2
     assert "error: --dim (7) must be divisible by --heads (2)" in capsys.readouterr().err
-    for command in (base, ["train", "--dataset", "ml-100k", "--data", str(data_dir), "--on",
-                           "full", "--out", str(tmp_path / "run")]):
+    train = ["train", "--dataset", "ml-100k", "--data", str(data_dir), "--on", "full", "--out",
+             str(tmp_path / "run")]
+    for command in (base, train):
         with pytest.raises(SystemExit) as refused:  # it once trained at lr 0
             cli(command + ["--train-lr", "0"])
         assert refused.value.code == 2
         assert "--train-lr: expected a finite number > 0, got '0'" in capsys.readouterr().err
-    assert cli(command + ["--dropout", "-0.5"]) == 2  # train's students, as distill's
+    assert cli(train + ["--dropout", "-0.5"]) == 2  # train's students, as distill's
     assert "error: --dropout must lie in [0, 1), got -0.5" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
     if not torch.cuda.is_available():
