@@ -8,6 +8,7 @@ TorchOpt is not in it: its MetaAdam is a slightly different function from torch.
 it would measure that difference, not float32 round-off.
 
     python -m benchmarks.bench_anchors [--steps 100,300] [--students ...] [--data DIR] [--out DIR]
+                                       [--name anchors]
 
 A T at which the float64 reference would not fit in memory is skipped (students.unrolled_fits).
 """
@@ -35,6 +36,8 @@ SCHEDULES = {
     "head 8 + every 50": dict(anchor_every=50, anchor_head=8),
     "head 8 + every 4": dict(anchor_every=4, anchor_head=8),
     "every step": dict(anchor_every=1, anchor_head=0),
+    # the same math by torch.compile'd steps (engine/compiled.py): fused, so rounded apart
+    "head 8 + every 25, compile=True": dict(anchor_every=25, anchor_head=8, compile=True),
 }
 
 
@@ -85,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--data", default=None,
                         help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--name", default="anchors", help="report file name (NAME.md/.csv/.json)")
     args = parser.parse_args(argv)
     students = args.students.split(",")
     unknown = [s for s in students if s not in STUDENTS]
@@ -93,7 +97,7 @@ def main(argv=None):
     if args.data:
         os.environ["FARZI_FAST_DATA"] = args.data
     result = run([int(s) for s in args.steps.split(",")], students)
-    print(write_report(result, COLUMNS, "anchors", args.out))
+    print(write_report(result, COLUMNS, args.name, args.out))
 
 
 if __name__ == "__main__":

@@ -174,8 +174,11 @@ VARIANTS = {
     # real data, checkpoints every 50 (18 starts) instead of 16 fresh initialisations; the
     # teacher is the first of them trained on to the preset's 400 steps, so the start differs
     "pretrained-pool": dict(pretrained_students=2, pretrain_steps=400),
+    # the preset as it is with the engine's torch.compile'd steps (issue 13): its wall time
+    # and whether its rounding moves the summary's scores
+    "compile": dict(compile=True),
 } | POOL_VARIANTS
-VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch")  # beyond DISTILL_KEYS
+VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "compile")  # beyond DISTILL_KEYS
 # read by this script, not passed to distill(); students: the architectures the inner loops
 # take turns with (default: the task's Transformer alone)
 BENCH_KEYS = ("eval_every", "students")

@@ -1,7 +1,8 @@
 """Meta-gradient time and peak memory against the number of inner steps T, side by side:
 unrolled autograd (a create_graph=True loop of differentiable Adam), the engine on the
 `torch` backend (the unfused form of the same algorithm) and the engine on the fused
-backend of the device. Ratios are against unrolled autograd measured in the same run.
+backend of the device, eager and with compile=True (its compilation is paid in the warm-up
+run, as a long run pays it once). Ratios are against unrolled autograd measured in the same run.
 
 Time: the methods take turns, one run each per round, and each reports its median over the
 rounds, so a slow spell of the machine (shared CPU VMs drift by tens of percent over a
@@ -56,9 +57,11 @@ def make_runner(problem_name: str, device: torch.device):
         if method == TORCHOPT:
             return torchopt_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
                                           meta=problem.meta, lr=problem.lr)
-        backend = method.removeprefix("engine[").removesuffix("]")  # "engine[cpu]" -> "cpu"
+        # "engine[cpu]" -> backend "cpu"; "engine[cpu, compiled]" -> "cpu", compile=True
+        backend, *compiled = method.removeprefix("engine[").removesuffix("]").split(", ")
         return meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
-                             meta=problem.meta, lr=problem.lr, backend=backend)
+                             meta=problem.meta, lr=problem.lr, backend=backend,
+                             compile=bool(compiled))
 
     return run
 
@@ -100,7 +103,7 @@ def _peak_in_subprocess(problem_name: str, method: str, steps: int) -> float:
 def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS)) -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
     methods = ["unrolled autograd", *([TORCHOPT] if torchopt else []), "engine[torch]",
-               f"engine[{fused}]"]
+               f"engine[{fused}]", f"engine[{fused}, compiled]"]
     rows = []
     for problem_name in students:
         for steps in steps_list:

@@ -327,7 +327,7 @@ def _distill_settings(args) -> dict:
                 teacher_share=args.teacher_share, uniform_share=args.uniform_share,
                 pretrained_students=args.pretrained_students,
                 pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
-                seed=args.seed)
+                seed=args.seed, compile=args.compile)
 
 
 def _check_settings(args) -> None:
@@ -683,6 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--meta-batch", type=positive, default=1,
                    help="inner loops averaged per outer step; under torchrun split over the "
                         "processes (must divide by their number)")
+    d.add_argument("--compile", action="store_true",
+                   help="run the inner loops' steps as torch.compile'd functions: faster "
+                        "after a one-off compilation (~1 min; needs a C++ compiler on CPUs), "
+                        "rounded differently, so a run resumes only with the same choice")
     d.add_argument("--timeout", type=positive, default=600,
                    help="seconds a process waits for the others under torchrun before it "
                         "stops with an error")

@@ -458,6 +458,26 @@ def test_inner_loops_use_the_inner_eps(movielens):
                for a, b in zip(large, meta_gradient(1e-8)))
 
 
+def test_inner_loops_with_compiled_steps_give_the_eager_meta_gradient(movielens):
+    """compile=True reaches the engine (dropout on, latent summary) and changes only
+    rounding; it is refused for the SGD loop, which the engine does not run."""
+    from farzi_fast.farzi.distill import _inner_loop
+
+    student, train = tiny_student(movielens), movielens.train_batch(12)
+    farzi = FarziData(4, 6, student.vocab_size, 4, generator=torch.Generator().manual_seed(0))
+    init = {n: p.detach().clone() for n, p in student.named_parameters()}
+
+    def meta_gradient(compile):
+        config = DistillConfig((4, 6), 4, 3, 1, inner_eps=1e-3, compile=compile)
+        return _inner_loop(student, farzi, config, init, train[:32], student.padding_id, 1, 0,
+                           None, None)[1]
+
+    for a, b in zip(meta_gradient(True), meta_gradient(False)):  # float32: one in 1e5
+        assert (a - b).norm() < 1e-5 * b.norm()
+    with pytest.raises(ValueError, match="compile=True compiles the engine's Adam steps"):
+        DistillConfig((4, 6), 4, 3, 1, compile=True, inner_optimizer="sgd")
+
+
 def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
     train = movielens.train_batch(12)
     train[0, :-3] = 0  # a short history: padded positions
@@ -666,6 +686,9 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
     assert "already holds a run" in capsys.readouterr().err
     assert cli(distill_args + ["--outer-steps", "3", "--resume", "--inner-steps", "3"]) == 2
     assert "different configuration" in capsys.readouterr().err
+    # compiled steps round differently: resuming with them would not be the same run
+    assert cli(distill_args + ["--outer-steps", "3", "--resume", "--compile"]) == 2
+    assert "compile" in capsys.readouterr().err
     assert cli(distill_args + ["--outer-steps", "3", "--resume"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["uniform_share"], config["inner_eps"]) == (0.5, 1e-4)  # the preset's

@@ -46,7 +46,7 @@ class MetaGradient:
 
 
 def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, anchor_head,
-             backend):
+             backend, compile):
     steps = require_int("steps", steps, 1, "the number of inner Adam steps")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(f, t, *meta), got "
@@ -63,8 +63,10 @@ def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, 
     anchor_head = require_int("anchor_head", DEFAULT_ANCHOR_HEAD if anchor_head is None
                               else anchor_head, 0, "first steps whose states are all kept")
     kernels = resolve(backend, layout.device)  # refuses an unusable backend before any work
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
     return InnerProblem(FunctionalModel(model, layout), loss_fn, steps, hyper, anchor_every,
-                        anchor_head, kernels)
+                        anchor_head, kernels, compile)
 
 
 def _lr_value(lr):
@@ -128,7 +130,7 @@ class _UnrollFunction(torch.autograd.Function):
 
 def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
            weight_decay=0.0, init=None, anchor_every=None, anchor_head=None,
-           backend="auto") -> Trained:
+           backend="auto", compile=False) -> Trained:
     """Train a functional copy of `model` for `steps` Adam steps; return its parameters.
 
     `loss_fn(f, t, *meta)` is the inner loss of step t (1-based), where `f(*args, **kwargs)`
@@ -152,9 +154,19 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     (restored after); larger steps use all threads in turn, which is faster for them.
     Calls on one model object from several threads at once are not supported
     (functional_call swaps the module's tensors while it runs).
+
+    `compile=True` runs every step but the first as torch.compile'd torch.func functions
+    (engine/compiled.py): forward, the gradient; reverse, one call giving g_t and both
+    Hessian-vector products, so g_t is computed once per reverse step and no autograd graph
+    is built. It needs what torch.compile needs (a C++ compiler on CPUs, Triton on GPUs),
+    `loss_fn` traceable by torch.compile (no .item(), no data-dependent Python branches),
+    and pays the compilation once per process and model shape (~10-60 s), so it is for long
+    runs. The reverse pass then runs its steps in turn (no overlap of halves). Results agree
+    with the eager engine to rounding, not bit for bit; speed and accuracy on the
+    distillation workload: benchmarks/NOTES.md, session 28.
     """
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
-                       anchor_every, anchor_head, backend)
+                       anchor_every, anchor_head, backend, compile)
     layout = problem.layout
     meta = _check_meta(meta, layout)
     w0 = _initial(layout, model, init)
@@ -167,12 +179,12 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
 
 def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999),
                   eps=1e-8, weight_decay=0.0, init=None, anchor_every=None,
-                  anchor_head=None, backend="auto") -> MetaGradient:
+                  anchor_head=None, backend="auto", compile=False) -> MetaGradient:
     """The meta-objective `outer_fn(f)` after `steps` inner Adam steps, and its gradients with
     respect to every meta tensor that requires grad, the learning rate and the initial
     parameters, in one call (same options as :func:`unroll`)."""
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
-                       anchor_every, anchor_head, backend)
+                       anchor_every, anchor_head, backend, compile)
     layout = problem.layout
     meta = _check_meta(meta, layout)
     w0 = _initial(layout, model, init).detach()

@@ -8,6 +8,11 @@ half takes each step's graph and updates the adjoints with the same two kernels,
 g_bar, and one double-backward call gives both Hessian-vector products, with respect to w
 and to the meta tensors. The primal half never waits for the adjoints, so on a CPU it runs
 one step ahead on the calling thread while a second thread does the adjoint half.
+
+With `compiled` (engine/compiled.py), every step but the first (InnerProblem.compiles) runs
+as torch.compile'd pure functions instead: forward, the gradient with no graph; reverse, one
+call per step that gives g_t and both Hessian-vector products along g_bar, so the two halves
+of that step run in one pass, in turn.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ class InnerProblem:
     # the engine's buffers are valid by construction (one flat dtype/device/size, contiguous,
     # never aliased), and those checks cost 30 us a call, 6% of a small MLP's step.
     kernels: object
+    compiled: bool = False  # per-step math by engine/compiled.py instead of eager autograd
+
+    def compiles(self, t: int) -> bool:
+        """Whether step t runs compiled: under `compiled`, every step but the first. Step 1's
+        update is nearly lr * sign(g), whose derivative is a cancellation that magnifies the
+        gradient's relative rounding; Inductor's reductions round worse than ATen's cascade
+        sums (bias gradients: 3e-7 against 1e-7), and with step 1 compiled too the float32
+        meta-gradient of the SASRec workload was 2.7x less accurate than float32 unrolled
+        autograd's (T = 20), with it eager as accurate (benchmarks/NOTES.md, session 28)."""
+        return self.compiled and t > 1
 
     def is_anchor(self, t: int) -> bool:
         """Whether the exact state after step t is kept (never after the last step: the
@@ -120,10 +135,16 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
     counter = FlopCounterMode(display=False) if may_overlap(problem) else None
     for t in range(1, problem.steps + 1):
         rng_states.append(rng.capture(device))
-        with torch.enable_grad(), (counter if t == 1 and counter else contextlib.nullcontext()):
-            leaf = w.detach().requires_grad_()
-            loss = _inner_loss(problem, leaf, t, meta)
-            (g,) = torch.autograd.grad(loss, leaf)
+        if problem.compiles(t):
+            from . import compiled  # imports torch._dynamo: only for those who ask for it
+
+            g, loss = compiled.gradient_and_loss(problem.functional, problem.loss_fn, w, t, meta)
+        else:
+            with torch.enable_grad(), (counter if t == 1 and counter else
+                                       contextlib.nullcontext()):
+                leaf = w.detach().requires_grad_()
+                loss = _inner_loss(problem, leaf, t, meta)
+                (g,) = torch.autograd.grad(loss, leaf)
         # Checked by value after the first step only: a module that updates its buffers
         # (BatchNorm in train mode) does so at every step, and comparing costs a pass.
         changed = problem.functional.changed_buffers() if t == 1 else []
@@ -181,11 +202,10 @@ def _primal_steps(problem: InnerProblem, state: ForwardState, meta, report: Drif
         yield _primal_step(problem, state, meta, report, nothing, t)
 
 
-def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: DriftReport,
-                 nothing: list, t: int) -> _StepGraph:
-    """Reconstruct w_{t-1}, recompute g_t there with create_graph=True, reconstruct m_{t-1}
-    and v_{t-1}, re-anchoring on exact states where there are some."""
-    device = problem.layout.device
+def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftReport,
+                    nothing: list, t: int):
+    """Reconstruct w_{t-1} in state.w, re-anchored on the exact state after step t-1 where
+    there is one; (copies of (w_t, m_t, v_t) for the adjoints, that exact state or None)."""
     h, kernels = problem.hyper, problem.kernels
     w, m, v = state.w, state.m, state.v
     saved = (w.clone(), m.clone(), v.clone())
@@ -203,24 +223,38 @@ def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: Drift
         # meta-gradient on the SASRec workload (benchmarks/NOTES.md, "workload").
         report.w0 = _relative(w, state.w0)
         w.copy_(state.w0)
-    rng.restore(state.rng_states[t - 1], device)
-    with torch.enable_grad():
-        # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
-        leaf = w.clone().requires_grad_()
-        loss = _inner_loss(problem, leaf, t, meta)
-        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
-    kernels.adam_reverse_moments(m, v, g.detach().contiguous(), nothing[1], nothing[2],
-                                 nothing[3], h)
+    rng.restore(state.rng_states[t - 1], problem.layout.device)  # step t's own draws
+    return saved, exact
+
+
+def _reverse_moments(problem: InnerProblem, state: ForwardState, g: torch.Tensor, exact,
+                     report: DriftReport, nothing: list, t: int) -> None:
+    """Reconstruct m_{t-1} and v_{t-1} from g_t, re-anchored like w."""
+    problem.kernels.adam_reverse_moments(state.m, state.v, g.detach().contiguous(), nothing[1],
+                                         nothing[2], nothing[3], problem.hyper)
     if exact is not None:
-        for name, got, want in (("m", m, exact[1]), ("v", v, exact[2])):
+        for name, got, want in (("m", state.m, exact[1]), ("v", state.v, exact[2])):
             report.anchors[t - 1][name] = _relative(got, want)
             got.copy_(want)
+
+
+def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: DriftReport,
+                 nothing: list, t: int) -> _StepGraph:
+    """Reconstruct w_{t-1}, recompute g_t there with create_graph=True, reconstruct m_{t-1}
+    and v_{t-1}."""
+    saved, exact = _reverse_params(problem, state, report, nothing, t)
+    with torch.enable_grad():
+        # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
+        leaf = state.w.clone().requires_grad_()
+        loss = _inner_loss(problem, leaf, t, meta)
+        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+    _reverse_moments(problem, state, g, exact, report, nothing, t)
     return _StepGraph(t, saved, leaf, g)
 
 
 class _Adjoints:
     """The adjoint half of the reverse pass: (w_bar, m_bar, v_bar), dF/dlr and dF/dmeta,
-    updated one step graph at a time (T first)."""
+    updated one step at a time (T first)."""
 
     def __init__(self, problem: InnerProblem, w_bar: torch.Tensor, wanted: list):
         self.problem, self.wanted = problem, wanted
@@ -231,15 +265,24 @@ class _Adjoints:
         self.hvp = None
 
     def step(self, graph: _StepGraph) -> None:
-        h, kernels = self.problem.hyper, self.problem.kernels
-        w, m, v = graph.state  # this step's copies: overwritten freely
-        self.lr_grad += kernels.adam_reverse_params(w, m, v, self.w_bar, self.m_bar,
-                                                    self.v_bar, self.hvp, graph.t, h)
-        kernels.adam_reverse_moments(m, v, graph.g.detach().contiguous(), self.m_bar,
-                                     self.v_bar, self.g_bar, h)
-        hvps = torch.autograd.grad(graph.g, [graph.leaf, *self.wanted],
-                                   grad_outputs=self.g_bar, allow_unused=True)
-        self.hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(w)
+        """Step graph.t from its eager graph."""
+        self.params(graph.state, graph.t)
+        _, m, v = graph.state
+        self.problem.kernels.adam_reverse_moments(m, v, graph.g.detach().contiguous(),
+                                                  self.m_bar, self.v_bar, self.g_bar,
+                                                  self.problem.hyper)
+        self.add(torch.autograd.grad(graph.g, [graph.leaf, *self.wanted],
+                                     grad_outputs=self.g_bar, allow_unused=True))
+
+    def params(self, state: tuple, t: int) -> None:
+        """The adjoints through step t's parameter update, from copies of (w_t, m_t, v_t)
+        (overwritten) and the previous step's Hessian-vector product."""
+        self.lr_grad += self.problem.kernels.adam_reverse_params(
+            *state, self.w_bar, self.m_bar, self.v_bar, self.hvp, t, self.problem.hyper)
+
+    def add(self, hvps) -> None:
+        """Take step t's (H g_bar, then the mixed term of each wanted meta tensor)."""
+        self.hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(self.w_bar)
         for acc, term in zip(self.meta_bar, hvps[1:]):
             if term is not None:
                 acc += term
@@ -247,6 +290,28 @@ class _Adjoints:
     def finish(self) -> torch.Tensor:
         """dF/dw0: completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)."""
         return self.w_bar + self.hvp
+
+
+def _compiled_reverse(problem: InnerProblem, state: ForwardState, meta, needs,
+                      report: DriftReport, adjoints: _Adjoints) -> None:
+    """The reverse pass with compiled steps: both halves of a step in one pass, since one
+    compiled call gives g_t (which the primal half needs to reverse m and v) and both
+    products along g_bar, so g_t is computed once. Step 1 is the eager one."""
+    from . import compiled
+
+    nothing = [torch.zeros_like(state.w) for _ in range(4)]
+    constants = [x.detach() for x in meta]
+    for t in range(problem.steps, 0, -1):
+        if not problem.compiles(t):
+            adjoints.step(_primal_step(problem, state, meta, report, nothing, t))
+            continue
+        saved, exact = _reverse_params(problem, state, report, nothing, t)
+        adjoints.params(saved, t)
+        g, *hvps = compiled.reverse_step(problem.functional, problem.loss_fn, state.w, t,
+                                         constants, needs, adjoints.m_bar, adjoints.v_bar,
+                                         problem.hyper)
+        _reverse_moments(problem, state, g, exact, report, nothing, t)
+        adjoints.add(hvps)
 
 
 def _overlapped(items, consume) -> None:
@@ -298,9 +363,10 @@ OVERLAP_MAX_STEP_FLOPS = 200e6
 
 def may_overlap(problem: InnerProblem) -> bool:
     """Whether the reverse pass could overlap its halves here: on CPUs with at least two
-    threads for torch. Not yet on GPUs: unmeasured there, and both threads' CUDA work would
-    share one stream."""
-    return problem.layout.device.type == "cpu" and torch.get_num_threads() >= 2
+    threads for torch, and not for compiled steps (module docstring). Not yet on GPUs:
+    unmeasured there, and both threads' CUDA work would share one stream."""
+    return (problem.layout.device.type == "cpu" and torch.get_num_threads() >= 2
+            and not problem.compiled)
 
 
 def overlaps(problem: InnerProblem, state: ForwardState) -> bool:
@@ -352,16 +418,16 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
     number of intra-op threads the result is the same bit for bit."""
     device = problem.layout.device
     meta = [x.detach().requires_grad_(need) for x, need in zip(meta, meta_needs_grad)]
-    wanted = [x for x, need in zip(meta, meta_needs_grad) if need]
     report = DriftReport()
-    adjoints = _Adjoints(problem, w_bar, wanted)
+    adjoints = _Adjoints(problem, w_bar, [x for x in meta if x.requires_grad])
     with rng.preserved(device):
-        graphs = _primal_steps(problem, state, meta, report)
-        if overlaps(problem, state):
+        if problem.compiled:
+            _compiled_reverse(problem, state, meta, list(meta_needs_grad), report, adjoints)
+        elif overlaps(problem, state):
             with _cores_split_between_two_threads():
-                _overlapped(graphs, adjoints.step)
+                _overlapped(_primal_steps(problem, state, meta, report), adjoints.step)
         else:
-            for graph in graphs:
+            for graph in _primal_steps(problem, state, meta, report):
                 adjoints.step(graph)
     return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
                          adjoints.finish(), report)

@@ -76,6 +76,8 @@ class DistillConfig:
     seed: int = 0
     inner_optimizer: str = "adam"
     meta_batch: int = 1            # inner loops averaged per outer step (split over ranks)
+    # the engine's torch.compile'd steps (unroll(compile=True)): same math, rounded apart
+    compile: bool = False
 
     def __post_init__(self):
         if (not isinstance(self.size, (tuple, list)) or len(self.size) != 2
@@ -104,6 +106,11 @@ class DistillConfig:
                              f"{self.inner_optimizer!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if self.compile and self.inner_optimizer != "adam":
+            raise ValueError(f"compile=True compiles the engine's Adam steps; the "
+                             f"{self.inner_optimizer!r} inner loop is unrolled by autograd")
         for name in ("teacher_share", "uniform_share"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
@@ -330,7 +337,7 @@ def _inner_loop(student, farzi, config, init, real, padding_id, step, loop, anch
                 trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
                                  lr=config.inner_lr, eps=config.inner_eps, init=init,
                                  anchor_every=anchor_every,
-                                 anchor_head=anchor_head)
+                                 anchor_head=anchor_head, compile=config.compile)
         except NonFiniteError as error:
             raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
                                      f"checkpoint was left as it was") from None
