@@ -28,7 +28,8 @@ def test_engine_benchmark_quick_run():
     result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"])
     methods = {row["method"] for row in result["rows"]}
     optional = {baselines.TORCHOPT} if baselines.torchopt else set()  # where installed
-    assert methods == {"unrolled autograd", "engine[torch]", "engine[cpu]"} | optional
+    assert methods == {"unrolled autograd", "engine[torch]", "engine[cpu]",
+                       "engine[cpu, compiled]"} | optional
     for row in result["rows"]:
         assert row["seconds"] > 0 and math.isfinite(row["peak_mb"])
         assert (row["time_vs_unrolled"] == 1) == (row["method"] == "unrolled autograd")

@@ -9,14 +9,17 @@ g_t (to reverse m and v), forms g_bar from it by the torch backend's adam_revers
 spec the fused kernels follow) and returns both products along g_bar, so g_t is computed
 once. Unrolled autograd cannot do this: it needs every step's graph alive at once.
 
-Dynamo caches by code object and guards, not by function identity: a fresh loss_fn closure
-of the same code (distill's inner loss, one per inner loop) reuses the compiled code, and
-so does a new t when loss_fn does not branch on it. Random ops fall back to the eager ones
+Compiled code is kept per model and kind of problem (`_compiled`), so a fresh loss_fn closure
+of the same code (distill's inner loss, one per inner loop) reuses it. Random ops fall back to the eager ones
 (`fallback_random`), so dropout draws the masks the generator state gives, exactly as the
 eager engine's forward and reverse passes do.
 """
 
 from __future__ import annotations
+
+import itertools
+import types
+import weakref
 
 import torch
 
@@ -56,5 +59,40 @@ def _reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper):
     return (g, *pull(g_bar))
 
 
-gradient_and_loss = torch.compile(_gradient_and_loss, options=_OPTIONS)
-reverse_step = torch.compile(_reverse_step, options=_OPTIONS)
+# One pair of compiled functions per model and problem, each with its own code objects: Dynamo
+# keeps its cache and its record of which sizes changed per code object. With one shared
+# pair, a second model in the process (other sizes, other int attributes) made Dynamo retrace
+# with symbolic sizes, and dropout under torch.func then failed to trace ("Cannot call
+# numel() on tensor with symbolic sizes", seen in the test suite). Per problem, only the step
+# number t changes from call to call, and Dynamo lets it turn dynamic after one recompile.
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {problem key: the pair}
+_copies = itertools.count()
+
+
+def _own_copy(fn):
+    """fn with a code object of its own, under a name of its own: Dynamo's record of changed
+    sizes is keyed by file, line and name."""
+    name = f"{fn.__name__}_{next(_copies)}"
+    return types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name,
+                              fn.__defaults__, fn.__closure__)
+
+
+def _compiled(functional, loss_fn, w, meta):
+    """The pair for this model and problem; distill's inner loops (a fresh loss_fn closure of
+    one code, the same student and shapes) all share one."""
+    key = (getattr(loss_fn, "__code__", type(loss_fn)), functional.layout.shapes, w.dtype,
+           w.device, tuple((tuple(x.shape), x.dtype) for x in meta))
+    pairs = _COMPILED.setdefault(functional.model, {})
+    if key not in pairs:
+        pairs[key] = (torch.compile(_own_copy(_gradient_and_loss), options=_OPTIONS),
+                      torch.compile(_own_copy(_reverse_step), options=_OPTIONS))
+    return pairs[key]
+
+
+def gradient_and_loss(functional, loss_fn, w, t, meta):
+    return _compiled(functional, loss_fn, w, meta)[0](functional, loss_fn, w, t, meta)
+
+
+def reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper):
+    return _compiled(functional, loss_fn, w, meta)[1](functional, loss_fn, w, t, meta, needs,
+                                                       m_bar, v_bar, hyper)
