@@ -10,9 +10,9 @@ spec the fused kernels follow) and returns both products along g_bar, so g_t is 
 once. Unrolled autograd cannot do this: it needs every step's graph alive at once.
 
 Compiled code is kept per model and kind of problem (`_compiled`), so a fresh loss_fn closure
-of the same code (distill's inner loss, one per inner loop) reuses it. Random ops fall back to the eager ones
-(`fallback_random`), so dropout draws the masks the generator state gives, exactly as the
-eager engine's forward and reverse passes do.
+of the same code (distill's inner loss, one per inner loop) reuses it. Random ops fall back to
+the eager ones (`fallback_random`), so dropout draws the masks the generator state gives,
+exactly as the eager engine's forward and reverse passes do.
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ def _reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper):
     return (g, *pull(g_bar))
 
 
-# One pair of compiled functions per model and problem, each with its own code objects: Dynamo
-# keeps its cache and its record of which sizes changed per code object. With one shared
+# One pair of compiled functions per model and problem, each a copy under a name of its own:
+# Dynamo keeps its cache per code object and its record of which sizes changed between calls
+# per file, line and name, and retraces with symbolic sizes after a change. With one shared
 # pair, a second model in the process (other sizes, other int attributes) made Dynamo retrace
 # with symbolic sizes, and dropout under torch.func then failed to trace ("Cannot call
 # numel() on tensor with symbolic sizes", seen in the test suite). Per problem, only the step
