@@ -72,7 +72,7 @@ def test_transformer_with_dropout_matches_unrolled_autograd_float64(backend, com
     assert rel(got.inner_losses, want.inner_losses) < 1e-12  # compiled: rounding, not bits
 
 
-def test_compiled_steps_with_meta_without_grad_and_unused_step_numbers_float64():
+def test_compiled_steps_with_meta_without_grad_and_step_dependent_losses_float64():
     model = mlp()
     loss_fn, outer_fn, (x, y) = regression_problem()
     y = y.detach()

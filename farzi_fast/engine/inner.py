@@ -189,13 +189,19 @@ class _StepGraph:
     g: torch.Tensor  # g_t at w_{t-1}, with its graph (create_graph=True)
 
 
+def _zero_adjoints(state: ForwardState) -> list:
+    """Zero (w_bar, m_bar, v_bar, g_bar) for the kernels' adjoint arguments where only the
+    primal states are reconstructed: they stay zero."""
+    return [torch.zeros_like(state.w) for _ in range(4)]
+
+
 def _primal_steps(problem: InnerProblem, state: ForwardState, meta, report: DriftReport):
     """Walk the trajectory backwards, yielding step T's graph, then T-1's, ... 1's.
 
     None of this needs the adjoints, so it can run ahead of them. The fused kernels also
     update adjoints; here they get zero ones (`nothing`) that stay zero.
     """
-    nothing = [torch.zeros_like(state.w) for _ in range(4)]  # w_bar, m_bar, v_bar, g_bar
+    nothing = _zero_adjoints(state)
     for t in range(problem.steps, 0, -1):
         # A call, not inline code: no local of this generator keeps step t's graph alive
         # while step t-1's is built.
@@ -299,7 +305,7 @@ def _compiled_reverse(problem: InnerProblem, state: ForwardState, meta, needs,
     products along g_bar, so g_t is computed once. Step 1 is the eager one."""
     from . import compiled
 
-    nothing = [torch.zeros_like(state.w) for _ in range(4)]
+    nothing = _zero_adjoints(state)
     constants = [x.detach() for x in meta]
     for t in range(problem.steps, 0, -1):
         if not problem.compiles(t):
