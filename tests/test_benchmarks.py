@@ -94,6 +94,14 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
                             ("pretrained-pool", dict(pretrained_students=2, pretrain_steps=400))):
         assert b.run_settings(b.variant_preset("ml-100k", "cpu", variant), variant) == (
             b.run_settings(now, "default") | change), variant
+    # cpu-loops: the cpu preset's loops at the paper preset's sizes and teacher
+    loops = ("inner_steps", "inner_lr", "inner_eps", "outer_lr", "outer_batch", "teacher_share",
+             "uniform_share", "pretrained_students", "pretrain_steps")
+    paper = b.run_settings(b.variant_preset("ml-100k", "paper", "cpu-loops"), "cpu-loops")
+    cpu = b.run_settings(now, "default")
+    assert {k: paper[k] for k in loops} == {k: cpu[k] for k in loops}
+    assert paper | {k: cpu[k] for k in loops} == b.run_settings(
+        preset("ml-100k", "paper"), "default") | {k: cpu[k] for k in loops}
 
 
 def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
