@@ -484,11 +484,11 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
         before = farzi.soft().detach() if step == start else None
         optimizer.step()
         if before is not None and torch.equal(before, farzi.soft().detach()):
-            # e.g. one-hot rows (teacher_share=0): logits at log(tiny), a saturated softmax
-            # whose meta-gradient (~1e-38) is far below the outer Adam's eps
+            # e.g. one-hot rows (teacher_share=0): logits at log(eps²), a saturated softmax
+            # whose meta-gradient (~1e-14 of the real items') moves nothing a float holds
             warnings.warn(f"outer step {step} moved no soft token of the summary: its softmax "
                           f"is saturated (one-hot rows, as teacher_share=0 makes, have logits "
-                          f"at the float's log(tiny)) and the outer loop cannot move it; give "
+                          f"at log(eps²) of the float) and the outer loop cannot move it; give "
                           f"the start some soft mass (teacher_share or uniform_share > 0)",
                           RuntimeWarning,
                           stacklevel=2)

@@ -25,6 +25,16 @@ def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None
     return None if padding_id is None else x[..., padding_id] > 0.5
 
 
+def probability_floor(dtype: torch.dtype) -> float:
+    """The least probability a summary's position starts with: eps² of the logits' float.
+    V of them add nothing a float can hold beside 1 (V eps² << eps for any vocabulary below
+    1 / eps), and they stay far above the subnormal range, where log(tiny), the floor
+    before, put one-hot positions (a summary's padding): x86 CPUs multiply subnormals ~100x
+    slower, and the paper preset's inner loops, half padding, ran 2.5x slower on them
+    (benchmarks/NOTES.md, session 29)."""
+    return torch.finfo(dtype).eps ** 2
+
+
 class FarziData(nn.Module):
     """μ soft sequences of ξ positions over a vocabulary of V, softmax(logits / τ).
 
@@ -74,7 +84,7 @@ class FarziData(nn.Module):
         data = cls(*probs.shape, latent_dim, temperature, generator).to(probs.device)
         with torch.no_grad():
             if latent_dim is None:
-                data.latent.copy_(probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+                data.latent.copy_(probs.clamp_min(probability_floor(data.latent.dtype)).log()
                                   * temperature)
                 return data
         optimizer = torch.optim.Adam(data.parameters(), lr=0.05)
