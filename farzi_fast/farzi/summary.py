@@ -29,9 +29,9 @@ def probability_floor(dtype: torch.dtype) -> float:
     """The least probability a summary's position starts with: eps² of the logits' float.
     V of them add nothing a float can hold beside 1 (V eps² << eps for any vocabulary below
     1 / eps), and they stay far above the subnormal range, where log(tiny), the floor
-    before, put one-hot positions (a summary's padding): x86 CPUs multiply subnormals ~100x
-    slower, and the paper preset's inner loops, half padding, ran 2.5x slower on them
-    (benchmarks/NOTES.md, session 29)."""
+    before, put one-hot positions (a summary's padding): Intel cores multiply subnormals
+    slowly, and the paper preset's outer steps, half padding, took 127 s instead of 46 s on
+    an Intel Xeon (an AMD EPYC took no such penalty; benchmarks/NOTES.md, session 29)."""
     return torch.finfo(dtype).eps ** 2
 
 
