@@ -280,9 +280,11 @@ def farzi_source(label: str) -> str:
     return "FarziData" if label == "default" else f"FarziData [{label}]"
 
 
-def summary_stem(task, label: str, seed: int) -> str:
-    """The file name (without suffix) of a run's summary, checkpoint and start in OUT."""
-    return f"farzi-{task.name}-{label.replace(', ', '-').replace(' ', '')}-seed{seed}"
+def summary_stem(task, cfg, label: str, seed: int) -> str:
+    """The file name (without suffix) of a run's summary, checkpoint and start in OUT. The
+    presets share OUT and labels, so any preset but cpu (whose files came first) is named."""
+    preset = "" if cfg["preset"] == "cpu" else f"-{cfg['preset']}"
+    return f"farzi-{task.name}{preset}-{label.replace(', ', '-').replace(' ', '')}-seed{seed}"
 
 
 def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
@@ -296,7 +298,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     makes = [student_factory(task, cfg, arch, device)
              for arch in VARIANTS[variant].get("students", ("transformer",))]
     sign = 1.0 if task.higher_is_better else -1.0
-    stem = summary_stem(task, label, seed)
+    stem = summary_stem(task, cfg, label, seed)
     # a cut run continues from its last checkpoint (distill resumes exactly), and the start
     # it must still be scored against is kept beside it
     checkpoint, start_file = out / f"{stem}.ckpt", out / f"{stem}.start.pt"
@@ -367,7 +369,7 @@ def exports_run(results, task, cfg, device, seed: int, variant: str, out: Path,
                 default_steps: int):
     """Students trained on every export of seed's stored summary of `variant`."""
     label = run_label(cfg, variant, default_steps)
-    path = out / f"{summary_stem(task, label, seed)}.pt"
+    path = out / f"{summary_stem(task, cfg, label, seed)}.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no summary to export (distill it first: the same "
                                 f"command without --exports)")
@@ -458,8 +460,9 @@ def table(results, task) -> list[dict]:
         # rows of summaries distilled here; one scored from a stored file has no timing
         timed = [r for r in rows if "distill_seconds" in r]
         if timed:
-            whole = [r for r in timed if not r.get("resumed")] or timed  # a resumed run's is a part
-            row["distill_min"] = statistics.mean(r["distill_seconds"] for r in whole) / 60
+            whole = [r for r in timed if not r.get("resumed")]  # a resumed run's time is a part
+            if whole:
+                row["distill_min"] = statistics.mean(r["distill_seconds"] for r in whole) / 60
             row["selected_step"] = "/".join(str(r["selected_step"]) for r in timed)
         out.append(row)
     return out
@@ -507,6 +510,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     cfg = variant_preset(args.dataset, args.preset, args.variant)
     default_steps = cfg["outer_steps"]
+    cfg["preset"] = args.preset
     cfg["eval_students"] = args.students or sorted(panel)
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps

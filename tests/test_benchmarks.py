@@ -52,7 +52,7 @@ def tiny_distill_benchmark(data_dir, monkeypatch, **overrides):
     monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
     cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
                                           outer_steps=2, pretrain_steps=3, teacher_steps=5,
-                                          eval_every=1, outer_batch=16) | overrides
+                                          eval_every=1, outer_batch=16, preset="cpu") | overrides
     return bench_distill, load_task("ml-100k", data_dir, cfg["max_len"]), cfg
 
 
@@ -256,20 +256,38 @@ def test_distill_benchmark_judges_score_every_source_at_their_own_sizes(data_dir
     assert report["config"]["eval_students"] == sorted(bench_distill.JUDGES)
 
 
+def test_distill_benchmark_presets_keep_their_summaries_apart():
+    """With one file name for both, a paper-preset run would take the cpu preset's stored
+    summary of the same variant and seed for its own, and score it as distilled."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench_distill
+    task = SimpleNamespace(name="ml-100k")
+    stems = {name: bench_distill.summary_stem(task, {"preset": name}, "default", 0)
+             for name in ("cpu", "paper")}
+    assert stems == {"cpu": "farzi-ml-100k-default-seed0",  # the stored cpu summaries' names
+                     "paper": "farzi-ml-100k-paper-default-seed0"}
+
+
 def test_distill_benchmark_table_mixes_summaries_distilled_and_scored_from_files(tmp_path):
     """A seed distilled in this run beside one scored from its stored file (which has no
-    timing): the table times the first and still averages both."""
+    timing) and one resumed from a checkpoint (timed in part): the table times the first
+    alone and still averages all three; a source distilled only in parts has no time."""
     from types import SimpleNamespace
 
     from benchmarks import bench_distill
     results = bench_distill.Results(tmp_path / "t.jsonl")
-    for seed, extra in ((1, dict(distill_seconds=120.0, selected_step=75)), (0, {})):
+    for seed, extra in ((1, dict(distill_seconds=120.0, selected_step=75)), (0, {}),
+                        (2, dict(distill_seconds=30.0, selected_step=50, resumed=True))):
         results.add(dict(source="FarziData", arch="gru", seed=seed, tokens=10,
                          test={"HR@10": 0.1 + seed / 10}, **extra))
+    results.add(dict(source="cut", arch="gru", seed=0, tokens=10, test={"HR@10": 0.1},
+                     distill_seconds=30.0, selected_step=50, resumed=True))
     task = SimpleNamespace(metric="HR@10", higher_is_better=True)
-    (row,) = bench_distill.table(results, task)
-    assert (row["n"], row["distill_min"], row["selected_step"]) == (2, 2.0, "75")
-    assert row["mean"] == pytest.approx(0.15)
+    row, cut = bench_distill.table(results, task)
+    assert (row["n"], row["distill_min"], row["selected_step"]) == (3, 2.0, "75/50")
+    assert row["mean"] == pytest.approx(0.2)
+    assert "distill_min" not in cut and cut["selected_step"] == "50"
 
 
 def test_distill_benchmark_trains_students_on_every_export_of_a_saved_summary(
