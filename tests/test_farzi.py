@@ -585,7 +585,8 @@ def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
 def test_a_one_hot_start_holds_no_subnormal_probability():
     """A summary's padding positions are one-hot; at a floor of log(tiny) their softmax held
     subnormals, which made the paper preset's outer steps 2.75x slower on an Intel Xeon
-    (every matmul with the soft inputs). The floor keeps them normal and adds no mass a float holds."""
+    (every matmul with the soft inputs). The floor keeps them normal and adds no mass a
+    float holds."""
     vocab = 1683
     probs = torch.full((2, 3, vocab), 1.0 / vocab)
     probs[0] = torch.nn.functional.one_hot(torch.tensor(0), vocab)
