@@ -8,22 +8,24 @@ TorchOpt is not in it: its MetaAdam is a slightly different function from torch.
 it would measure that difference, not float32 round-off.
 
     python -m benchmarks.bench_anchors [--steps 100,300] [--students ...] [--data DIR] [--out DIR]
-                                       [--name anchors]
+                                       [--name anchors] [--memory-budget-mb MB]
 
-A T at which the float64 reference would not fit in memory is skipped (students.unrolled_fits).
+A T at which the float64 reference would need more than --memory-budget-mb (default 12 GB)
+is skipped (students.unrolled_fits).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
-from .students import PROBLEMS, WORKLOADS, tiny_mlp_problem, unrolled_fits
+from .students import MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, tiny_mlp_problem, unrolled_fits
 from .timing import device_name
 
 STUDENTS = {"tiny MLP": tiny_mlp_problem, **PROBLEMS, **WORKLOADS}
@@ -50,12 +52,14 @@ def relative_error(got, want) -> float:
     return error if error == error else float("inf")  # NaN -> inf
 
 
-def run(steps_list, students=tuple(STUDENTS)) -> dict:
+def run(steps_list, students=tuple(STUDENTS), memory_budget_mb: float = MEMORY_BUDGET_MB) -> dict:
     rows = []
     for name in students:
         build = STUDENTS[name]
         for steps in steps_list:
-            if not unrolled_fits(name, steps, torch.float64):
+            if not unrolled_fits(name, steps, torch.float64, memory_budget_mb):
+                print(f"{name} T={steps}: skipped (the float64 reference would need more than "
+                      f"--memory-budget-mb {memory_budget_mb:g})", file=sys.stderr)
                 continue
             model32, problem32 = build(torch.float32, train=False)
             model64, problem64 = build(torch.float32, train=False, widen=True)
@@ -87,6 +91,9 @@ def main(argv=None):
                         help=f"comma-separated subset of: {', '.join(STUDENTS)}")
     parser.add_argument("--data", default=None,
                         help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
+    parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
+                        help="skip a T whose float64 reference would need more (default: half "
+                             "of the 24 GB benchmark machine)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--name", default="anchors", help="report file name (NAME.md/.csv/.json)")
     args = parser.parse_args(argv)
@@ -96,7 +103,7 @@ def main(argv=None):
         parser.error(f"unknown students {unknown}; choose from {list(STUDENTS)}")
     if args.data:
         os.environ["FARZI_FAST_DATA"] = args.data
-    result = run([int(s) for s in args.steps.split(",")], students)
+    result = run([int(s) for s in args.steps.split(",")], students, args.memory_budget_mb)
     print(write_report(result, COLUMNS, args.name, args.out))
 
 

@@ -10,7 +10,9 @@ minute) falls on every method alike rather than on whichever ran then.
 
 Students: two small ones, a wide MLP, and the distillation workloads (the cpu presets' SASRec
 and PTB LM outer steps; they read the shared data from --data or FARZI_FAST_DATA; a T at
-which unrolled autograd would not fit in memory is skipped, students.unrolled_fits). TorchOpt's MetaAdam is a second baseline when torchopt is installed.
+which unrolled autograd would need more than --memory-budget-mb, default 12 GB, runs the engine
+alone, without ratios, students.unrolled_fits). TorchOpt's MetaAdam is a second baseline when
+torchopt is installed.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the allocation before the run;
 on the CPU, each point runs in a fresh process and reports its peak resident set above the
@@ -19,6 +21,7 @@ returned rather than fragmenting the heap).
 
     python -m benchmarks.bench_engine [--steps 10,50,100,200,500] [--rounds 5] [--students ...]
                                       [--device cuda] [--data DIR] [--out DIR]
+                                      [--memory-budget-mb MB]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient
 from .report import write_report
-from .students import PROBLEMS, WORKLOADS, mlp_problem, unrolled_fits
+from .students import MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, mlp_problem, unrolled_fits
 from .timing import device_name, interleaved_medians, peak_resident_mb, resident_mb, sync
 
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
@@ -100,27 +103,32 @@ def _peak_in_subprocess(problem_name: str, method: str, steps: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS)) -> dict:
+def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS),
+        memory_budget_mb: float = MEMORY_BUDGET_MB) -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
-    methods = ["unrolled autograd", *([TORCHOPT] if torchopt else []), "engine[torch]",
-               f"engine[{fused}]", f"engine[{fused}, compiled]"]
+    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt else [])]  # both keep every step
+    engines = ["engine[torch]", f"engine[{fused}]", f"engine[{fused}, compiled]"]
     rows = []
     for problem_name in students:
         for steps in steps_list:
-            if not unrolled_fits(problem_name, steps):
-                print(f"{problem_name} T={steps}: skipped (unrolled autograd would need more "
-                      f"memory than the benchmark machine has)", file=sys.stderr)
-                continue
+            methods = engines
+            if unrolled_fits(problem_name, steps, budget_mb=memory_budget_mb):
+                methods = unrolled + engines
+            else:  # the engine alone, without ratios: what no baseline here could run
+                print(f"{problem_name} T={steps}: {' and '.join(unrolled)} skipped (would need "
+                      f"more than --memory-budget-mb {memory_budget_mb:g})", file=sys.stderr)
             seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds)
             peaks = {method: peak_mb(problem_name, method, steps, device)
                      if device.type == "cuda" else _peak_in_subprocess(problem_name, method, steps)
                      for method in methods}
             base = "unrolled autograd"
             for method in methods:
-                rows.append(dict(student=problem_name, steps=steps, method=method,
-                                 seconds=seconds[method], peak_mb=peaks[method],
-                                 time_vs_unrolled=seconds[method] / seconds[base],
-                                 memory_vs_unrolled=peaks[method] / max(peaks[base], 1e-9)))
+                row = dict(student=problem_name, steps=steps, method=method,
+                           seconds=seconds[method], peak_mb=peaks[method])
+                if base in methods:
+                    row.update(time_vs_unrolled=seconds[method] / seconds[base],
+                               memory_vs_unrolled=peaks[method] / max(peaks[base], 1e-9))
+                rows.append(row)
             print(f"{problem_name} T={steps}: "
                   + ", ".join(f"{m} {seconds[m]:.2f}s {peaks[m]:.0f}MB" for m in methods),
                   file=sys.stderr)
@@ -142,6 +150,9 @@ def main(argv=None):
                         help=f"comma-separated subset of: {', '.join(STUDENTS)}")
     parser.add_argument("--data", default=None,
                         help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
+    parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
+                        help="skip a T whose unrolled autograd would need more (default: half "
+                             "of the 24 GB benchmark machine)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--name", default="engine", help="report file name (NAME.md/.csv/.json)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
@@ -157,7 +168,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown students {unknown}; choose from {list(STUDENTS)}")
     result = run([int(s) for s in args.steps.split(",")], torch.device(args.device), args.rounds,
-                 students)
+                 students, args.memory_budget_mb)
     note = (f"{result['threads']} threads; seconds: median of {result['rounds']} rounds in "
             f"which the methods take turns; float32")
     print(write_report(result, COLUMNS, args.name, args.out, note))

@@ -35,6 +35,25 @@ def test_engine_benchmark_quick_run():
         assert (row["time_vs_unrolled"] == 1) == (row["method"] == "unrolled autograd")
 
 
+def test_engine_benchmark_runs_the_engine_alone_past_the_memory_budget(capsys, monkeypatch):
+    """Where unrolled autograd would outgrow --memory-budget-mb, it (and TorchOpt, which also
+    keeps every step) is skipped before it allocates, and the engine runs alone, without
+    ratios to a baseline that did not run."""
+    from benchmarks import students
+
+    ptb = "LM distill (PTB)"
+    assert students.unrolled_fits(ptb, 50) and not students.unrolled_fits(ptb, 100)
+    assert students.unrolled_fits(ptb, 100, budget_mb=23_000)
+    assert not students.unrolled_fits(ptb, 50, torch.float64)
+    monkeypatch.setitem(students.UNROLLED_MB_PER_STEP, "MLP", 1)
+    result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"],
+                              memory_budget_mb=2)
+    assert {row["method"] for row in result["rows"]} == {"engine[torch]", "engine[cpu]",
+                                                         "engine[cpu, compiled]"}
+    assert all("time_vs_unrolled" not in row and row["seconds"] > 0 for row in result["rows"])
+    assert "unrolled autograd" in capsys.readouterr().err
+
+
 def test_parse_size():
     assert parse_size("4M") == 4 << 20 and parse_size("64K") == 65536 and parse_size("7") == 7
 
