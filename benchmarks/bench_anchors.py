@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from farzi_fast.cli import positive
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
@@ -52,14 +53,14 @@ def relative_error(got, want) -> float:
     return error if error == error else float("inf")  # NaN -> inf
 
 
-def run(steps_list, students=tuple(STUDENTS), memory_budget_mb: float = MEMORY_BUDGET_MB) -> dict:
+def run(steps_list, students=tuple(STUDENTS), memory_budget_mb: int = MEMORY_BUDGET_MB) -> dict:
     rows = []
     for name in students:
         build = STUDENTS[name]
         for steps in steps_list:
             if not unrolled_fits(name, steps, torch.float64, memory_budget_mb):
                 print(f"{name} T={steps}: skipped (the float64 reference would need more than "
-                      f"--memory-budget-mb {memory_budget_mb:g})", file=sys.stderr)
+                      f"--memory-budget-mb {memory_budget_mb})", file=sys.stderr)
                 continue
             model32, problem32 = build(torch.float32, train=False)
             model64, problem64 = build(torch.float32, train=False, widen=True)
@@ -91,7 +92,7 @@ def main(argv=None):
                         help=f"comma-separated subset of: {', '.join(STUDENTS)}")
     parser.add_argument("--data", default=None,
                         help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
-    parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
+    parser.add_argument("--memory-budget-mb", type=positive, default=MEMORY_BUDGET_MB,
                         help="skip a T whose float64 reference would need more (default: half "
                              "of the 24 GB benchmark machine)")
     parser.add_argument("--out", default=None)

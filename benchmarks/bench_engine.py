@@ -36,6 +36,7 @@ import sys
 import torch
 
 from farzi_fast import ops
+from farzi_fast.cli import positive
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient
@@ -104,7 +105,7 @@ def _peak_in_subprocess(problem_name: str, method: str, steps: int) -> float:
 
 
 def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS),
-        memory_budget_mb: float = MEMORY_BUDGET_MB) -> dict:
+        memory_budget_mb: int = MEMORY_BUDGET_MB) -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
     unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt else [])]  # both keep every step
     engines = ["engine[torch]", f"engine[{fused}]", f"engine[{fused}, compiled]"]
@@ -116,7 +117,7 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
                 methods = unrolled + engines
             else:  # the engine alone, without ratios: what no baseline here could run
                 print(f"{problem_name} T={steps}: {' and '.join(unrolled)} skipped (would need "
-                      f"more than --memory-budget-mb {memory_budget_mb:g})", file=sys.stderr)
+                      f"more than --memory-budget-mb {memory_budget_mb})", file=sys.stderr)
             seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds)
             peaks = {method: peak_mb(problem_name, method, steps, device)
                      if device.type == "cuda" else _peak_in_subprocess(problem_name, method, steps)
@@ -150,7 +151,7 @@ def main(argv=None):
                         help=f"comma-separated subset of: {', '.join(STUDENTS)}")
     parser.add_argument("--data", default=None,
                         help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
-    parser.add_argument("--memory-budget-mb", type=float, default=MEMORY_BUDGET_MB,
+    parser.add_argument("--memory-budget-mb", type=positive, default=MEMORY_BUDGET_MB,
                         help="skip a T whose unrolled autograd would need more (default: half "
                              "of the 24 GB benchmark machine)")
     parser.add_argument("--out", default=None)

@@ -144,7 +144,7 @@ MEMORY_BUDGET_MB = 12_000
 
 
 def unrolled_fits(problem_name: str, steps: int, dtype=torch.float32,
-                  budget_mb: float = MEMORY_BUDGET_MB) -> bool:
+                  budget_mb: int = MEMORY_BUDGET_MB) -> bool:
     """Whether unrolled autograd on `problem_name` for `steps` steps fits `budget_mb`."""
     per_step = UNROLLED_MB_PER_STEP.get(problem_name, 0) * (dtype.itemsize // 4)
     return steps * per_step <= budget_mb

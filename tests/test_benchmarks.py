@@ -52,6 +52,10 @@ def test_engine_benchmark_runs_the_engine_alone_past_the_memory_budget(capsys, m
                                                          "engine[cpu, compiled]"}
     assert all("time_vs_unrolled" not in row and row["seconds"] > 0 for row in result["rows"])
     assert "unrolled autograd" in capsys.readouterr().err
+    for bad in ("0", "-3", "nan", "12GB"):
+        with pytest.raises(SystemExit):
+            bench_engine.main(["--memory-budget-mb", bad])
+        assert "--memory-budget-mb" in capsys.readouterr().err
 
 
 def test_parse_size():
