@@ -17,16 +17,15 @@ is skipped (students.unrolled_fits).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
-from farzi_fast.cli import positive
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
-from .students import MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, tiny_mlp_problem, unrolled_fits
+from .students import (MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, add_options, chosen_students,
+                       tiny_mlp_problem, unrolled_fits)
 from .timing import device_name
 
 STUDENTS = {"tiny MLP": tiny_mlp_problem, **PROBLEMS, **WORKLOADS}
@@ -87,24 +86,11 @@ COLUMNS = [("student", "student"), ("steps", "T"), ("schedule", "anchor schedule
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="100,300")
-    parser.add_argument("--students", default=",".join(STUDENTS),
-                        help=f"comma-separated subset of: {', '.join(STUDENTS)}")
-    parser.add_argument("--data", default=None,
-                        help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
-    parser.add_argument("--memory-budget-mb", type=positive, default=MEMORY_BUDGET_MB,
-                        help="skip a T whose float64 reference would need more (default: half "
-                             "of the 24 GB benchmark machine)")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--name", default="anchors", help="report file name (NAME.md/.csv/.json)")
+    add_options(parser, STUDENTS, steps="100,300", name="anchors",
+                budget="skip a T whose float64 reference would need more MB")
     args = parser.parse_args(argv)
-    students = args.students.split(",")
-    unknown = [s for s in students if s not in STUDENTS]
-    if unknown:
-        parser.error(f"unknown students {unknown}; choose from {list(STUDENTS)}")
-    if args.data:
-        os.environ["FARZI_FAST_DATA"] = args.data
-    result = run([int(s) for s in args.steps.split(",")], students, args.memory_budget_mb)
+    students = chosen_students(parser, args, STUDENTS)
+    result = run(args.steps, students, args.memory_budget_mb)
     print(write_report(result, COLUMNS, args.name, args.out))
 
 

@@ -41,7 +41,8 @@ from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient
 from .report import write_report
-from .students import MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, mlp_problem, unrolled_fits
+from .students import (MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, add_options, chosen_students,
+                       mlp_problem, unrolled_fits)
 from .timing import device_name, interleaved_medians, peak_resident_mb, resident_mb, sync
 
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
@@ -144,32 +145,20 @@ COLUMNS = [("student", "student"), ("steps", "T"), ("method", "method"),
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="10,50,100,200,500")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--students", default=",".join(STUDENTS),
-                        help=f"comma-separated subset of: {', '.join(STUDENTS)}")
-    parser.add_argument("--data", default=None,
-                        help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
-    parser.add_argument("--memory-budget-mb", type=positive, default=MEMORY_BUDGET_MB,
-                        help="skip a T whose unrolled autograd would need more (default: half "
-                             "of the 24 GB benchmark machine)")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--name", default="engine", help="report file name (NAME.md/.csv/.json)")
+    parser.add_argument("--rounds", type=positive, default=5)
+    add_options(parser, STUDENTS, steps="10,50,100,200,500", name="engine",
+                budget="at a T where unrolled autograd (and TorchOpt) would need more MB, run "
+                       "the engine alone")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
-    if args.data:  # through the environment, so the memory subprocesses see it too
-        os.environ["FARZI_FAST_DATA"] = args.data
+    students = chosen_students(parser, args, STUDENTS)  # --data reaches the subprocesses too
     if args.one:
         name, method, steps = json.loads(args.one)
         print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"))))
         return
-    students = args.students.split(",")
-    unknown = [s for s in students if s not in STUDENTS]
-    if unknown:
-        parser.error(f"unknown students {unknown}; choose from {list(STUDENTS)}")
-    result = run([int(s) for s in args.steps.split(",")], torch.device(args.device), args.rounds,
-                 students, args.memory_budget_mb)
+    result = run(args.steps, torch.device(args.device), args.rounds, students,
+                 args.memory_budget_mb)
     note = (f"{result['threads']} threads; seconds: median of {result['rounds']} rounds in "
             f"which the methods take turns; float32")
     print(write_report(result, COLUMNS, args.name, args.out, note))

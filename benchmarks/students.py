@@ -4,12 +4,15 @@ themselves (the cpu presets' students and summaries on MovieLens-100K and Penn T
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from farzi_fast.cli import positive
 from farzi_fast.farzi.presets import preset
 from farzi_fast.farzi.students import transformer_lm
 from farzi_fast.farzi.tasks import load_task
@@ -148,3 +151,42 @@ def unrolled_fits(problem_name: str, steps: int, dtype=torch.float32,
     """Whether unrolled autograd on `problem_name` for `steps` steps fits `budget_mb`."""
     per_step = UNROLLED_MB_PER_STEP.get(problem_name, 0) * (dtype.itemsize // 4)
     return steps * per_step <= budget_mb
+
+
+def _step_counts(text: str) -> list[int]:
+    """An argparse type: comma-separated step counts, each a whole number >= 1."""
+    try:
+        return [positive(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected step counts like 10,50,100 (whole numbers "
+                                         f">= 1), got {text!r}") from None
+
+
+def add_options(parser: argparse.ArgumentParser, students: dict, steps: str, name: str,
+                budget: str) -> None:
+    """The options bench_engine and bench_anchors share: the students and step counts T to
+    run, the data folder, the memory budget (`budget` says what it does there) and the
+    report's name and folder. Read them back with `chosen_students`."""
+    parser.add_argument("--steps", type=_step_counts, default=steps,
+                        help=f"comma-separated step counts T (default: {steps})")
+    parser.add_argument("--students", default=",".join(students),
+                        help=f"comma-separated subset of: {', '.join(students)}")
+    parser.add_argument("--data", default=None,
+                        help="folder with ml-100k/ and ptb/ (default: FARZI_FAST_DATA)")
+    parser.add_argument("--memory-budget-mb", type=positive, default=MEMORY_BUDGET_MB,
+                        help=f"{budget} (default: {MEMORY_BUDGET_MB}, half of the 24 GB "
+                             f"benchmark machine)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--name", default=name, help="report file name (NAME.md/.csv/.json)")
+
+
+def chosen_students(parser: argparse.ArgumentParser, args, students: dict) -> list[str]:
+    """--students as a list (an unknown one is refused by name), with --data handed on
+    through the environment, where the workloads and any subprocess read it."""
+    if args.data:
+        os.environ["FARZI_FAST_DATA"] = args.data
+    chosen = args.students.split(",")
+    unknown = [s for s in chosen if s not in students]
+    if unknown:
+        parser.error(f"unknown students {unknown}; choose from {list(students)}")
+    return chosen

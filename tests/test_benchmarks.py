@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import baselines, bench_engine, bench_kernels
+from benchmarks import baselines, bench_anchors, bench_engine, bench_kernels
 from benchmarks.report import parse_size, write_report
 
 
@@ -52,10 +52,23 @@ def test_engine_benchmark_runs_the_engine_alone_past_the_memory_budget(capsys, m
                                                          "engine[cpu, compiled]"}
     assert all("time_vs_unrolled" not in row and row["seconds"] > 0 for row in result["rows"])
     assert "unrolled autograd" in capsys.readouterr().err
-    for bad in ("0", "-3", "nan", "12GB"):
-        with pytest.raises(SystemExit):
-            bench_engine.main(["--memory-budget-mb", bad])
-        assert "--memory-budget-mb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bench", [bench_engine, bench_anchors])
+def test_engine_benchmarks_refuse_bad_options_by_name(bench, capsys):
+    """Refused before anything runs, with the option's name: no traceback from a step count
+    that int() cannot read, no zero-round medians."""
+    bad = [("--memory-budget-mb", value) for value in ("0", "-3", "nan", "12GB")]
+    bad += [("--steps", value) for value in ("10,x", "0", "50,-1", "", "10,,20")]
+    bad += [("--students", "MLP,no such student")]
+    if bench is bench_engine:
+        bad += [("--rounds", "0")]
+    for option, value in bad:
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main([option, value])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in error
+        assert (option in error if option != "--students" else "no such student" in error)
 
 
 def test_parse_size():
