@@ -147,6 +147,12 @@ POOL_VARIANTS = {
 # Overrides of the preset as it is.
 VARIANTS = {
     "default": {},
+    # each start position part one-hot on the real item: on PTB a position's input is the
+    # teacher's prediction of its word, which puts ~1/300 of its mass on the word itself, so
+    # the students never see the text they are to continue (teacher_share was chosen on
+    # ML-100K at 50 x 20; benchmarks/NOTES.md, session 32)
+    "teacher-share-0.8": dict(teacher_share=0.8),
+    "teacher-share-0.5": dict(teacher_share=0.5),
     # less smoothing: the outer loop cost GRU4Rec what the smoothed start had given it
     # (benchmarks/NOTES.md, session 21)
     "uniform-0.25": dict(uniform_share=0.25),
