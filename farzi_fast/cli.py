@@ -141,7 +141,8 @@ def _common(parser, defaults: bool = True):
     so that a preset can fill them."""
     _source(parser)
     parser.add_argument("--max-len", type=positive, default=None,
-                        help="sequence length of students")
+                        help="sequence length of students (default: the preset's when "
+                             "distilling; else 200 for recommendation data, 64 for text)")
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
                         help="student: the task's causal Transformer (SASRec), a GRU4Rec or a "
                              "NextItNet-style CNN (--layers blocks)")
@@ -626,10 +627,21 @@ def _plot_inspection(entropy: torch.Tensor, probs: torch.Tensor, png: Path) -> N
     plt.close(fig)
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends an option's default to its help where there is one to show: not None (unset:
+    the preset's, or the data's, which the help says in words) and not where the help
+    already gives the default itself."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farzi-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    helpful = argparse.ArgumentDefaultsHelpFormatter
+    helpful = _DefaultsHelp
 
     d = sub.add_parser("distill", help="distill a data set into a FarziData summary",
                        formatter_class=helpful)
