@@ -136,9 +136,9 @@ def _family(args) -> str:
     return args.dataset or ("ptb" if args.text else "ml-100k")
 
 
-def _common(parser, defaults: bool = True):
-    """Data and student options; without `defaults`, unset student options stay None
-    so that a preset can fill them."""
+def _common(parser):
+    """Data and student options; unset student sizes stay None for the data's preset to fill
+    (`distill`: the chosen preset's; `train`: the cpu preset's, _preset_student)."""
     _source(parser)
     parser.add_argument("--max-len", type=positive, default=None,
                         help="sequence length of students (default: the preset's when "
@@ -146,10 +146,12 @@ def _common(parser, defaults: bool = True):
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="transformer",
                         help="student: the task's causal Transformer (SASRec), a GRU4Rec or a "
                              "NextItNet-style CNN (--layers blocks)")
-    parser.add_argument("--dim", type=positive, default=50 if defaults else None)
-    parser.add_argument("--heads", type=positive, default=1 if defaults else None)
-    parser.add_argument("--layers", type=positive, default=2 if defaults else None)
-    parser.add_argument("--dropout", type=float, default=0.2 if defaults else None)
+    recommend, text = preset("ml-100k", "cpu"), preset("ptb", "cpu")
+    for name, kind in (("dim", positive), ("heads", positive), ("layers", positive),
+                       ("dropout", float)):
+        parser.add_argument(f"--{name}", type=kind, default=None,
+                            help=f"default: the preset's (cpu: {recommend[name]}, for text "
+                                 f"{text[name]})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=non_negative, default=0)
 
@@ -444,7 +446,17 @@ def _identity(task) -> str:
     return f"{task.name}:" + hashlib.sha256("\n".join(task.vocabulary).encode()).hexdigest()[:16]
 
 
+def _preset_student(args) -> None:
+    """Student sizes not given take the data's cpu preset's: the student its tables score
+    with (PTB's is not ML-100K's)."""
+    sizes = preset(_family(args), "cpu")
+    for name in ("dim", "heads", "layers", "dropout"):
+        if getattr(args, name) is None:
+            setattr(args, name, sizes[name])
+
+
 def cmd_train(args) -> int:
+    _preset_student(args)
     task = load_source(args, args.max_len)
     rows = task.train_rows()
     if args.on == "full":
@@ -648,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     # argparse takes "-3x4" for an option unless it looks like a negative number to it: let
     # it reach --size's own check, which names the problem.
     d._negative_number_matcher = re.compile(r"^-\d+(\.\d*)?$|^-\d+x\d+$")
-    _common(d, defaults=False)
+    _common(d)
     d.add_argument("--also-students", nargs="+", choices=ARCHITECTURES, default=[],
                    metavar="ARCH",
                    help="further architectures the inner loops take turns with, each with "

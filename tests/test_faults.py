@@ -176,6 +176,25 @@ def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(data_dir, tmp_pa
     assert f"{log}:2 is not a JSON line" in capsys.readouterr().err
 
 
+def test_cli_train_builds_the_student_of_the_datas_preset(data_dir, tmp_path, capsys):
+    """Sizes not given are the data's cpu preset's, the student its tables score with: for
+    text, PTB's LM (dim 64, 2 heads, dropout 0.1), not ML-100K's SASRec sizes; given ones win."""
+    from farzi_fast.farzi.files import safe_load
+
+    cases = [("ml-100k", [], dict(dim=50, heads=1, layers=2, dropout=0.2)),
+             ("ptb", [], dict(dim=64, heads=2, layers=2, dropout=0.1)),
+             ("ptb", ["--dim", "16", "--heads", "4"], dict(dim=16, heads=4, layers=2,
+                                                           dropout=0.1))]
+    for k, (dataset, given, want) in enumerate(cases):
+        out = tmp_path / f"student{k}.pt"
+        assert cli(["train", "--dataset", dataset, "--data", str(data_dir), "--on", "random",
+                    "--count", "4", "--max-len", "8", "--steps", "1", *given,
+                    "--out", str(out)]) == 0
+        saved = safe_load(out, "student")["student"]
+        assert {name: saved[name] for name in want} == want
+        capsys.readouterr()
+
+
 @pytest.mark.parametrize("command", ["distill", "train", "evaluate", "export", "inspect"])
 def test_cli_help_shows_the_defaults(command, capsys):
     """Each default once: not "(default: None)" for an option a preset or the data fills,
