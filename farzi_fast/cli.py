@@ -136,6 +136,17 @@ def _family(args) -> str:
     return args.dataset or ("ptb" if args.text else "ml-100k")
 
 
+# the student's sizes: options of distill and train, which the data's preset fills when unset
+STUDENT_SIZES = ("dim", "heads", "layers", "dropout")
+
+
+def _fill_unset(args, values: dict, names) -> None:
+    """Each option of `names` left unset (None) takes its value from `values`."""
+    for name in names:
+        if getattr(args, name) is None:
+            setattr(args, name, values[name])
+
+
 def _common(parser):
     """Data and student options; unset student sizes stay None for the data's preset to fill
     (`distill`: the chosen preset's; `train`: the cpu preset's, _preset_student)."""
@@ -147,9 +158,9 @@ def _common(parser):
                         help="student: the task's causal Transformer (SASRec), a GRU4Rec or a "
                              "NextItNet-style CNN (--layers blocks)")
     recommend, text = preset("ml-100k", "cpu"), preset("ptb", "cpu")
-    for name, kind in (("dim", positive), ("heads", positive), ("layers", positive),
-                       ("dropout", float)):
-        parser.add_argument(f"--{name}", type=kind, default=None,
+    for name in STUDENT_SIZES:
+        parser.add_argument(f"--{name}", type=float if name == "dropout" else positive,
+                            default=None,
                             help=f"default: the preset's (cpu: {recommend[name]}, for text "
                                  f"{text[name]})")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -177,7 +188,7 @@ def _architectures(args) -> list[str]:
 
 
 # the options a preset sets; an explicit value on the command line wins
-PRESET_OPTIONS = ("max_len", "dim", "heads", "layers", "dropout", "size", "latent_dim",
+PRESET_OPTIONS = ("max_len", *STUDENT_SIZES, "size", "latent_dim",
                   "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
                   "outer_batch", "teacher_share", "uniform_share", "pretrained_students",
                   "pretrain_steps", "teacher_steps", "eval_every")
@@ -187,9 +198,7 @@ def _apply_preset(args) -> None:
     values = preset(_family(args), args.preset)
     if args.teacher_steps is None:  # the preset's, unless --pretrain-steps says otherwise
         args.teacher_steps = args.pretrain_steps or values["teacher_steps"]
-    for name in PRESET_OPTIONS:
-        if getattr(args, name) is None:
-            setattr(args, name, values[name])
+    _fill_unset(args, values, PRESET_OPTIONS)
     if args.latent_dim == 0:
         args.latent_dim = None
     if args.max_len < 2:
@@ -449,10 +458,7 @@ def _identity(task) -> str:
 def _preset_student(args) -> None:
     """Student sizes not given take the data's cpu preset's: the student its tables score
     with (PTB's is not ML-100K's)."""
-    sizes = preset(_family(args), "cpu")
-    for name in ("dim", "heads", "layers", "dropout"):
-        if getattr(args, name) is None:
-            setattr(args, name, sizes[name])
+    _fill_unset(args, preset(_family(args), "cpu"), STUDENT_SIZES)
 
 
 def cmd_train(args) -> int:
