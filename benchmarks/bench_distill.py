@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from farzi_fast import distill
+from farzi_fast.cli import non_negative, positive
 from farzi_fast.farzi.distill import DistillConfig, initial_summary, pretrained_pool
 from farzi_fast.farzi.files import atomic_save, safe_load
 from farzi_fast.farzi.metrics import score_recommendations
@@ -480,13 +481,13 @@ def main(argv=None):
     parser.add_argument("--data", default=None)
     parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--draws", type=int, default=3,
+    parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--draws", type=positive, default=3,
                         help="random subsets drawn, and full-data students trained (seeds)")
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--outer-steps", type=int, default=None,
+    parser.add_argument("--outer-steps", type=positive, default=None,
                         help="override the preset's (ablations at a shorter budget)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive, default=None)
     parser.add_argument("--students", nargs="+", choices=sorted(EVAL_STUDENTS | JUDGES),
                         default=None, help="evaluation students (default: all of the panel)")
     parser.add_argument("--judges", action="store_true",
@@ -521,7 +522,10 @@ def main(argv=None):
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps
     cfg["eval_recipe"] = dataclasses.replace(EVALUATION, lr=args.eval_lr)
-    task = load_task(args.dataset, args.data, cfg["max_len"])
+    try:
+        task = load_task(args.dataset, args.data, cfg["max_len"])
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(f"--data: {error}")
     name = f"distill-{args.dataset}-{args.preset}" + (
         "" if args.eval_lr == EVALUATION.lr else f"-eval-lr-{args.eval_lr:g}") + (
         "-judges" if args.judges else "")

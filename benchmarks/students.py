@@ -136,8 +136,9 @@ def distill_problem(dataset, dtype=torch.float32, train=False, widen=False, devi
 
 PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}
 # The workload the engine exists for (issue 13), kept apart: they read the shared data.
-WORKLOADS = {"SASRec distill (ML-100K)": functools.partial(distill_problem, "ml-100k"),
-             "LM distill (PTB)": functools.partial(distill_problem, "ptb")}
+WORKLOAD_DATASETS = {"SASRec distill (ML-100K)": "ml-100k", "LM distill (PTB)": "ptb"}
+WORKLOADS = {name: functools.partial(distill_problem, dataset)
+             for name, dataset in WORKLOAD_DATASETS.items()}
 # Unrolled autograd, the baseline, keeps every step: MB per step in float32, rounded up from
 # the CPU measurements (49 and 211 MB, results/.../engine-workloads.md); twice in float64.
 UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 230}
@@ -182,11 +183,17 @@ def add_options(parser: argparse.ArgumentParser, students: dict, steps: str, nam
 
 def chosen_students(parser: argparse.ArgumentParser, args, students: dict) -> list[str]:
     """--students as a list (an unknown one is refused by name), with --data handed on
-    through the environment, where the workloads and any subprocess read it."""
+    through the environment, where the workloads and any subprocess read it. A workload's
+    missing data is refused here, before any other student has run."""
     if args.data:
         os.environ["FARZI_FAST_DATA"] = args.data
     chosen = args.students.split(",")
     unknown = [s for s in chosen if s not in students]
     if unknown:
         parser.error(f"unknown students {unknown}; choose from {list(students)}")
+    for dataset in {WORKLOAD_DATASETS[s] for s in chosen if s in WORKLOAD_DATASETS}:
+        try:
+            load_task(dataset)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(f"--data: {error}")
     return chosen

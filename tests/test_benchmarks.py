@@ -71,6 +71,32 @@ def test_engine_benchmarks_refuse_bad_options_by_name(bench, capsys):
         assert (option in error if option != "--students" else "no such student" in error)
 
 
+def test_benchmarks_refuse_missing_data_and_bad_counts_by_name(tmp_path, monkeypatch, capsys):
+    """A data folder without the data set, and counts that cannot run, end in one line that
+    names the option (exit 2, no traceback) before anything is trained or timed."""
+    from benchmarks import bench_distill
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/farzi_fast to fall back on
+    empty = str(tmp_path)
+    out = ["--out", str(tmp_path / "out")]
+    calls = [(bench_engine, ["--students", "MLP,SASRec distill (ML-100K)", "--data", empty],
+              "--data"),
+             (bench_anchors, ["--students", "LM distill (PTB)", "--data", empty], "--data"),
+             (bench_distill, ["--dataset", "ml-100k", "--data", empty] + out, "--data"),
+             (bench_distill, ["--dataset", "ptb", "--data", empty, "--table-only"] + out,
+              "--data")]
+    calls += [(bench_distill, ["--dataset", "ml-100k", option, value] + out, option)
+              for option, value in [("--seeds", "-1"), ("--draws", "0"),
+                                    ("--outer-steps", "0"), ("--threads", "two")]]
+    for bench, argv, option in calls:
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in error, argv
+        assert f"error: {option}" in error or f"argument {option}" in error, error
+    assert not (tmp_path / "out").exists()
+
+
 def test_parse_size():
     assert parse_size("4M") == 4 << 20 and parse_size("64K") == 65536 and parse_size("7") == 7
 
