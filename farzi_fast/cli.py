@@ -556,6 +556,13 @@ def export_rows(farzi: FarziData, draws: int | None = None, seed: int = 0,
 
 def cmd_export(args) -> int:
     farzi, _ = _summary_of(args.run)
+    if not (args.greedy or args.sample or args.top):
+        # the default stays one id per position (compact, for reading; --top 100 on the
+        # paper preset is 750,000 rows), but hard ids teach a fraction of what the
+        # distributions do: say so to whoever did not choose
+        print("export: writing each position's most likely id (--greedy, the default); hard "
+              "ids teach far less than the summary's distributions, which --top K keeps "
+              "(README: 'The summary is soft data')", file=sys.stderr)
     rows = export_rows(farzi, None if args.greedy else args.sample, args.seed, args.top)
     if args.format == "jsonl":
         text = "".join(json.dumps(r) + "\n" for r in rows)

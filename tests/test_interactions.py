@@ -105,8 +105,13 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
     assert all(r["item"] in summary.vocabulary for r in exported)
     assert all(r["title"] == f"Title {r['item']}" or r["item"] == "<pad>" for r in exported)
     capsys.readouterr()
+    assert cli(["export", str(run)]) == 0  # the default, greedy, says what --top keeps
+    default = capsys.readouterr()
+    assert "hard ids teach far less" in default.err and "--top K" in default.err
     assert cli(["export", str(run), "--greedy"]) == 0
-    greedy = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    greedy = capsys.readouterr()
+    assert greedy.out == default.out and greedy.err == ""  # chosen: no note
+    greedy = [json.loads(line) for line in greedy.out.splitlines()]
     assert len(greedy) == 12 and all(0 < r["probability"] <= 1 for r in greedy)
     assert cli(["export", str(run), "--top", "3"]) == 0  # the distributions, truncated
     top = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
