@@ -152,11 +152,11 @@ def main(argv=None):
                        "the engine alone")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
-    students = chosen_students(parser, args, STUDENTS)  # --data reaches the subprocesses too
-    if args.one:
+    if args.one:  # the parent checked the options and handed --data on in the environment
         name, method, steps = json.loads(args.one)
         print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"))))
         return
+    students = chosen_students(parser, args, STUDENTS)  # --data reaches the subprocesses too
     result = run(args.steps, torch.device(args.device), args.rounds, students,
                  args.memory_budget_mb)
     note = (f"{result['threads']} threads; seconds: median of {result['rounds']} rounds in "
