@@ -339,7 +339,7 @@ def _distill_settings(args) -> dict:
                 teacher_share=args.teacher_share, uniform_share=args.uniform_share,
                 pretrained_students=args.pretrained_students,
                 pretrain_steps=args.pretrain_steps, teacher_steps=args.teacher_steps,
-                seed=args.seed, compile=args.compile)
+                seed=args.seed, compile=args.compile, skip_nonfinite=args.skip_nonfinite)
 
 
 def _check_settings(args) -> None:
@@ -724,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the inner loops' steps as torch.compile'd functions: faster "
                         "after a one-off compilation (~1 min; needs a C++ compiler on CPUs), "
                         "rounded differently, so a run resumes only with the same choice")
+    d.add_argument("--skip-nonfinite", type=non_negative, default=3, metavar="N",
+                   help="outer steps in a row whose meta-gradient may come out not finite (a "
+                        "rare float32 rounding event) and be skipped, with a warning, before "
+                        "the run stops")
     d.add_argument("--timeout", type=positive, default=600,
                    help="seconds a process waits for the others under torchrun before it "
                         "stops with an error")

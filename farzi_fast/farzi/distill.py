@@ -78,6 +78,10 @@ class DistillConfig:
     meta_batch: int = 1            # inner loops averaged per outer step (split over ranks)
     # the engine's torch.compile'd steps (unroll(compile=True)): same math, rounded apart
     compile: bool = False
+    # outer steps in a row whose meta-gradient may come out not finite (float32 rounding on a
+    # rare trajectory: once in 119 outer steps of the paper preset) and be skipped, the
+    # summary left as it was, before the run stops with the error
+    skip_nonfinite: int = 3
 
     def __post_init__(self):
         if (not isinstance(self.size, (tuple, list)) or len(self.size) != 2
@@ -91,7 +95,7 @@ class DistillConfig:
         for name in ("inner_steps", "outer_steps", "outer_batch", "pretrain_every",
                      "meta_batch"):
             require_int(name, getattr(self, name))
-        for name in ("pretrained_students", "pretrain_steps"):
+        for name in ("pretrained_students", "pretrain_steps", "skip_nonfinite"):
             require_int(name, getattr(self, name), minimum=0)
         if self.teacher_steps is not None:
             require_int("teacher_steps", self.teacher_steps)
@@ -411,6 +415,7 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
         g.set_state(state["sampler_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, history = state["step"] + 1, list(state["history"])
+        skipped = list(state.get("skipped", []))  # absent from checkpoints before it existed
     else:
         # the students' pools one after another, the first student's first (the teacher's)
         pool = [{n: t.to(device) for n, t in p.items()}
@@ -420,7 +425,7 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
         # rank 0's pool and start for all: pretraining need not be bitwise reproducible
         ranks.broadcast_([t for p in pool for t in p.values()] + [t.data for t in farzi.meta])
         best = {"score": None, "step": 0, "summary": None}
-        start, history = 1, []
+        start, history, skipped = 1, [], []
     per_student = len(pool) // len(students)  # starts in each student's pool
     optimizer = torch.optim.Adam(farzi.meta, lr=config.outer_lr)
     if state is not None:
@@ -475,23 +480,21 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
             chaotic = (f"; the reverse pass found reconstructed states {off}: the inner loop "
                        f"is chaotic at inner_lr {config.inner_lr} and inner_steps "
                        f"{config.inner_steps}, lower either" if not drift <= 1 else "")
-            raise FloatingPointError(f"the meta-gradient at outer step {step} is not finite "
-                                     f"(the meta-loss, {value:.6g}, is){chaotic}; the summary "
-                                     f"was not updated and the last checkpoint was left as it "
-                                     f"was")
-        for p, grad in zip(farzi.meta, grads):
-            p.grad = grad / config.meta_batch
-        before = farzi.soft().detach() if step == start else None
-        optimizer.step()
-        if before is not None and torch.equal(before, farzi.soft().detach()):
-            # e.g. one-hot rows (teacher_share=0): logits at log(eps²), a saturated softmax
-            # whose meta-gradient (~1e-14 of the real items') moves nothing a float holds
-            warnings.warn(f"outer step {step} moved no soft token of the summary: its softmax "
-                          f"is saturated (one-hot rows, as teacher_share=0 makes, have logits "
-                          f"at log(eps²) of the float) and the outer loop cannot move it; give "
-                          f"the start some soft mass (teacher_share or uniform_share > 0)",
-                          RuntimeWarning,
-                          stacklevel=2)
+            problem = (f"the meta-gradient at outer step {step} is not finite (the meta-loss, "
+                       f"{value:.6g}, is){chaotic}")
+            skipped.append(step)
+            in_a_row = next(n for n in range(1, len(skipped) + 1)
+                            if n == len(skipped) or skipped[-n - 1] != step - n)
+            if in_a_row > config.skip_nonfinite:
+                raise FloatingPointError(f"{problem}, {in_a_row} outer steps in a row "
+                                         f"(skip_nonfinite={config.skip_nonfinite}); the "
+                                         f"summary was not updated and the last checkpoint was "
+                                         f"left as it was")
+            warnings.warn(f"{problem}: outer step skipped, the summary left as it was "
+                          f"({in_a_row} in a row; the run stops after "
+                          f"{config.skip_nonfinite})", RuntimeWarning, stacklevel=2)
+        else:
+            _outer_update(farzi, optimizer, grads, config.meta_batch, step, first=step == start)
         history.append(value)
         if validate is not None and validate_every and (step % validate_every == 0 or
                                                         step == config.outer_steps):
@@ -508,13 +511,32 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
                          "summary": _tensors(farzi), "optimizer": optimizer.state_dict(),
                          "best": dict(best, summary=_tensors(best["summary"])),
                          "sampler_rng": g.get_state(), "torch_rng": torch.get_rng_state(),
-                         "history": history,
+                         "history": history, "skipped": skipped,
                          "pool": [{n: t.cpu() for n, t in p.items()} for p in pool]},
                         checkpoint)
     if best["summary"] is not None:
         farzi = best["summary"].to(device)
     farzi.selected_step = best["step"] if validate is not None else config.outer_steps
+    farzi.skipped_steps = skipped
     return farzi
+
+
+def _outer_update(farzi: FarziData, optimizer, grads, meta_batch: int, step: int,
+                  first: bool) -> None:
+    """One outer Adam step along the mean of the loops' meta-gradients; on a run's `first`
+    step, a warning if it moved nothing."""
+    for p, grad in zip(farzi.meta, grads):
+        p.grad = grad / meta_batch
+    before = farzi.soft().detach() if first else None
+    optimizer.step()
+    if before is not None and torch.equal(before, farzi.soft().detach()):
+        # e.g. one-hot rows (teacher_share=0): logits at log(eps²), a saturated softmax
+        # whose meta-gradient (~1e-14 of the real items') moves nothing a float holds
+        warnings.warn(f"outer step {step} moved no soft token of the summary: its softmax "
+                      f"is saturated (one-hot rows, as teacher_share=0 makes, have logits "
+                      f"at log(eps²) of the float) and the outer loop cannot move it; give "
+                      f"the start some soft mass (teacher_share or uniform_share > 0)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _tensors(farzi: FarziData | None) -> list | None:
