@@ -39,10 +39,10 @@ from farzi_fast.farzi.metrics import score_recommendations
 from farzi_fast.farzi.presets import preset
 from farzi_fast.farzi.protocol import Recipe, fit, fit_and_test, popularity_summary
 from farzi_fast.farzi.summary import FarziData
-from farzi_fast.farzi.tasks import load_task
 from farzi_fast.farzi.train import random_subset
 
 from .report import write_report
+from .students import task_or_refuse
 from .timing import device_name
 
 # Evaluation students: the distilled architecture, a recurrent one and a convolutional one
@@ -522,10 +522,7 @@ def main(argv=None):
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps
     cfg["eval_recipe"] = dataclasses.replace(EVALUATION, lr=args.eval_lr)
-    try:
-        task = load_task(args.dataset, args.data, cfg["max_len"])
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(f"--data: {error}")
+    task = task_or_refuse(parser, args.dataset, args.data, cfg["max_len"])
     name = f"distill-{args.dataset}-{args.preset}" + (
         "" if args.eval_lr == EVALUATION.lr else f"-eval-lr-{args.eval_lr:g}") + (
         "-judges" if args.judges else "")

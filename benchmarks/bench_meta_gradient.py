@@ -20,10 +20,10 @@ import torch
 
 from farzi_fast.farzi.distill import (DistillConfig, _inner_loop, initial_summary,
                                       pretrained_pool)
-from farzi_fast.farzi.tasks import load_task
 
 from .bench_distill import VARIANTS, run_settings, student_factory, variant_preset
 from .report import write_report
+from .students import task_or_refuse
 from .timing import device_name
 
 CONDITIONS = ("start, batch and dropout masks (an outer step's loops)", "real batch",
@@ -105,7 +105,7 @@ def main(argv=None):
     cfg = variant_preset(args.dataset, args.preset, args.variant)
     if args.dropout is not None:
         cfg["dropout"] = args.dropout
-    task = load_task(args.dataset, args.data, cfg["max_len"])
+    task = task_or_refuse(parser, args.dataset, args.data, cfg["max_len"])
     result = run(task, cfg, args.variant, args.loops, args.seed, torch.device(args.device))
     name = (f"meta-gradient-{args.dataset}-{args.preset}-{args.variant}" +
             (f"-dropout{args.dropout:g}" if args.dropout is not None else ""))

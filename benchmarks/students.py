@@ -181,6 +181,15 @@ def add_options(parser: argparse.ArgumentParser, students: dict, steps: str, nam
     parser.add_argument("--name", default=name, help="report file name (NAME.md/.csv/.json)")
 
 
+def task_or_refuse(parser: argparse.ArgumentParser, dataset: str, data=None, max_len=None):
+    """The task `dataset` read from `data` (or FARZI_FAST_DATA); missing or unreadable data
+    ends in the parser's one-line error naming --data."""
+    try:
+        return load_task(dataset, data, max_len)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(f"--data: {error}")
+
+
 def chosen_students(parser: argparse.ArgumentParser, args, students: dict) -> list[str]:
     """--students as a list (an unknown one is refused by name), with --data handed on
     through the environment, where the workloads and any subprocess read it. A workload's
@@ -192,8 +201,5 @@ def chosen_students(parser: argparse.ArgumentParser, args, students: dict) -> li
     if unknown:
         parser.error(f"unknown students {unknown}; choose from {list(students)}")
     for dataset in {WORKLOAD_DATASETS[s] for s in chosen if s in WORKLOAD_DATASETS}:
-        try:
-            load_task(dataset)
-        except (FileNotFoundError, ValueError) as error:
-            parser.error(f"--data: {error}")
+        task_or_refuse(parser, dataset)
     return chosen

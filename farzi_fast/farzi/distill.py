@@ -483,8 +483,7 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
             problem = (f"the meta-gradient at outer step {step} is not finite (the meta-loss, "
                        f"{value:.6g}, is){chaotic}")
             skipped.append(step)
-            in_a_row = next(n for n in range(1, len(skipped) + 1)
-                            if n == len(skipped) or skipped[-n - 1] != step - n)
+            in_a_row = _ending_run(skipped)
             if in_a_row > config.skip_nonfinite:
                 raise FloatingPointError(f"{problem}, {in_a_row} outer steps in a row "
                                          f"(skip_nonfinite={config.skip_nonfinite}); the "
@@ -519,6 +518,14 @@ def distill(student: nn.Module | list, train: torch.Tensor, *, size, inner_steps
     farzi.selected_step = best["step"] if validate is not None else config.outer_steps
     farzi.skipped_steps = skipped
     return farzi
+
+
+def _ending_run(steps: list[int]) -> int:
+    """How many of the last `steps` (increasing) are consecutive, ending with the last."""
+    run = 1
+    while run < len(steps) and steps[-run - 1] == steps[-1] - run:
+        run += 1
+    return run
 
 
 def _outer_update(farzi: FarziData, optimizer, grads, meta_batch: int, step: int,
