@@ -717,14 +717,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-steps", type=positive, default=600,
                    help="most steps of the students that validate the summary")
     d.add_argument("--train-lr", type=_rate, default=1e-3)
-    d.add_argument("--meta-batch", type=positive, default=1,
+    d.add_argument("--meta-batch", type=positive, default=DistillConfig.meta_batch,
                    help="inner loops averaged per outer step; under torchrun split over the "
                         "processes (must divide by their number)")
     d.add_argument("--compile", action="store_true",
                    help="run the inner loops' steps as torch.compile'd functions: faster "
                         "after a one-off compilation (~1 min; needs a C++ compiler on CPUs), "
                         "rounded differently, so a run resumes only with the same choice")
-    d.add_argument("--skip-nonfinite", type=non_negative, default=3, metavar="N",
+    d.add_argument("--skip-nonfinite", type=non_negative,
+                   default=DistillConfig.skip_nonfinite, metavar="N",
                    help="outer steps in a row whose meta-gradient may come out not finite (a "
                         "rare float32 rounding event) and be skipped, with a warning, before "
                         "the run stops")
