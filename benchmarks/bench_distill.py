@@ -72,17 +72,19 @@ def known_students() -> dict:
 # alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
 SCRATCH_100 = dict(pretrained_students=16, pretrain_steps=0, inner_steps=100)
 HEADROOM_LOOP = dict(outer_lr=0.1, inner_eps=1e-4)
-# ML-100K's cpu preset until session 21 (the other presets still loop this way): inner loops
-# of 20 steps from a pool of 2 students pretrained for 400 steps, outer lr 1e-2, torch's eps,
-# the teacher's labels as they are, 200 outer steps. The variants measured as overrides of it
-# there (POOL_VARIANTS) still mean that (variant_preset).
-POOL_LOOPS = {("ml-100k", "cpu"): dict(inner_steps=20, outer_steps=200, inner_eps=1e-8,
-                                       outer_lr=1e-2, uniform_share=0.0, pretrained_students=2,
-                                       pretrain_steps=400)}
+# The ML-100K presets' loops until sessions 21 (cpu) and 36 (paper), as PTB's presets still
+# loop: inner loops from a pool of 2 students pretrained for 400 steps, outer lr 1e-2, torch's
+# eps, the teacher's labels as they are. The variants measured as overrides of them
+# (POOL_VARIANTS) still mean that (variant_preset).
+_POOL = dict(inner_eps=1e-8, outer_lr=1e-2, uniform_share=0.0, pretrained_students=2,
+             pretrain_steps=400)
+POOL_LOOPS = {("ml-100k", "cpu"): dict(_POOL, inner_steps=20, outer_steps=200),
+              ("ml-100k", "paper"): dict(_POOL, inner_steps=50, outer_steps=1000,
+                                         eval_every=100)}
 # The paper's ablations and ours until session 21, as overrides of the pool's loops
 # (ML-100K cpu) or of the preset (elsewhere).
 POOL_VARIANTS = {
-    "pool": {},  # ML-100K: the cpu preset until session 21 (POOL_LOOPS); elsewhere the preset
+    "pool": {},  # ML-100K: the presets before sessions 21 and 36 (POOL_LOOPS); PTB: the preset
     "latent8": dict(latent_dim=8),                       # the paper's factorisation, d = 8
     "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
     # real sequences, no soft labels: a start only, as one-hot rows saturate the softmax and
@@ -184,10 +186,6 @@ VARIANTS = {
     # the preset as it is with the engine's torch.compile'd steps (issue 13): its wall time
     # and whether its rounding moves the summary's scores
     "compile": dict(compile=True),
-    # the ML-100K cpu preset's loops (the teacher's labels half smoothed, 100 inner steps from
-    # 16 fresh initialisations, outer lr 0.1, eps 1e-4) for the paper preset, whose pool loops
-    # kept its start at every CPU budget tried; validated every 25 outer steps
-    "cpu-loops": dict(SCRATCH_100, **HEADROOM_LOOP, uniform_share=0.5, eval_every=25),
 } | POOL_VARIANTS
 VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "compile")  # beyond DISTILL_KEYS
 # read by this script, not passed to distill(); students: the architectures the inner loops

@@ -146,7 +146,7 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
     # the preset is the variant it was chosen from, at its own budget: their rows are one run
     assert b.run_settings(b.variant_preset("ml-100k", "cpu", lead), lead) == (
         b.run_settings(now, "default") | dict(outer_steps=200))
-    for dataset, name in (("ml-100k", "paper"), ("ptb", "cpu"), ("ptb", "paper")):
+    for dataset, name in (("ptb", "cpu"), ("ptb", "paper")):
         assert b.variant_preset(dataset, name, "teacher-1500") == preset(dataset, name)
     # variants added since (among them the paper's ablations re-measured over it) are
     # overrides of the preset as it is
@@ -156,14 +156,20 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
                             ("pretrained-pool", dict(pretrained_students=2, pretrain_steps=400))):
         assert b.run_settings(b.variant_preset("ml-100k", "cpu", variant), variant) == (
             b.run_settings(now, "default") | change), variant
-    # cpu-loops: the cpu preset's loops at the paper preset's sizes and teacher
+    # ML-100K's paper preset changed too (session 36): the cpu preset's loops at its sizes and
+    # teacher, and its pool loops (the preset's own rows before it) as --variant pool
     loops = ("inner_steps", "inner_lr", "inner_eps", "outer_lr", "outer_batch", "teacher_share",
              "uniform_share", "pretrained_students", "pretrain_steps")
-    paper = b.run_settings(b.variant_preset("ml-100k", "paper", "cpu-loops"), "cpu-loops")
-    cpu = b.run_settings(now, "default")
-    assert {k: paper[k] for k in loops} == {k: cpu[k] for k in loops}
-    assert paper | {k: cpu[k] for k in loops} == b.run_settings(
-        preset("ml-100k", "paper"), "default") | {k: cpu[k] for k in loops}
+    paper = b.variant_preset("ml-100k", "paper", "default")
+    assert paper == preset("ml-100k", "paper")
+    assert {k: paper[k] for k in loops} == {k: now[k] for k in loops}
+    assert (paper["size"], paper["max_len"], paper["teacher_steps"], paper["outer_steps"],
+            paper["eval_every"]) == ((50, 150), 200, 1000, 100, 25)
+    paper_pool = b.variant_preset("ml-100k", "paper", "pool")
+    assert paper_pool == paper | dict(inner_steps=50, outer_steps=1000, inner_eps=1e-8,
+                                      outer_lr=1e-2, uniform_share=0.0, pretrained_students=2,
+                                      pretrain_steps=400, eval_every=100)
+    assert b.variant_preset("ml-100k", "paper", "teacher-1500") == paper_pool
 
 
 def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
