@@ -19,18 +19,17 @@ from __future__ import annotations
 _STUDENT = {"ml-100k": dict(dim=50, heads=1, layers=2, dropout=0.2),
             "ptb": dict(dim=64, heads=2, layers=2, dropout=0.1)}
 
-PRESETS = {
-    "ml-100k": {
-        "cpu": dict(_STUDENT["ml-100k"], max_len=50, size=(50, 20), latent_dim=None,
+_ML_100K_CPU = dict(_STUDENT["ml-100k"], max_len=50, size=(50, 20), latent_dim=None,
                     inner_steps=100, outer_steps=100, inner_lr=1e-2, inner_eps=1e-4,
                     outer_lr=0.1, outer_batch=256, teacher_share=1.0, uniform_share=0.5,
                     pretrained_students=16, pretrain_steps=0, teacher_steps=400,
-                    eval_every=25),
-        "paper": dict(_STUDENT["ml-100k"], max_len=200, size=(50, 150), latent_dim=None,
-                      inner_steps=100, outer_steps=100, inner_lr=1e-2, inner_eps=1e-4,
-                      outer_lr=0.1, outer_batch=256, teacher_share=1.0, uniform_share=0.5,
-                      pretrained_students=16, pretrain_steps=0, teacher_steps=1000,
-                      eval_every=25),
+                    eval_every=25)
+
+PRESETS = {
+    "ml-100k": {
+        "cpu": _ML_100K_CPU,
+        # the same loops at the paper's sizes, labelled by a teacher trained for length 200
+        "paper": dict(_ML_100K_CPU, max_len=200, size=(50, 150), teacher_steps=1000),
     },
     "ptb": {
         "cpu": dict(_STUDENT["ptb"], max_len=20, size=(50, 20), latent_dim=None,
