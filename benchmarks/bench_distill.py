@@ -1,5 +1,5 @@
 """The distillation table: students trained from scratch on a FarziData summary and on every
-baseline by one protocol (farzi_fast.farzi.protocol: fixed recipe, checkpoint chosen on
+baseline by one protocol (farzi_fast.training.protocol: fixed recipe, checkpoint chosen on
 validation, scored on test), for the architecture distilled with (SASRec / Transformer LM),
 a GRU4Rec and a NextItNet-style CNN (the judge of summaries distilled with the first two).
 
@@ -27,19 +27,20 @@ import dataclasses
 import json
 import statistics
 import time
+import tomllib
 from pathlib import Path
 
 import torch
 
-from farzi_fast import distill
-from farzi_fast.cli import non_negative, positive
-from farzi_fast.farzi.distill import DistillConfig, initial_summary, pretrained_pool
-from farzi_fast.farzi.files import atomic_save, safe_load
-from farzi_fast.farzi.metrics import score_recommendations
-from farzi_fast.farzi.presets import preset
-from farzi_fast.farzi.protocol import Recipe, fit, fit_and_test, popularity_summary
-from farzi_fast.farzi.summary import FarziData
-from farzi_fast.farzi.train import random_subset
+from farzi_fast import DistillConfig, RunOptions, distill
+from farzi_fast.cli.options import non_negative, positive
+from farzi_fast.distillation.start import initial_summary, pretrained_pool
+from farzi_fast.files import atomic_save, safe_load
+from farzi_fast.training.metrics import score_recommendations
+from farzi_fast.distillation.presets import preset
+from farzi_fast.training.protocol import Recipe, fit, fit_and_test, popularity_summary
+from farzi_fast.distillation.summary import FarziData
+from farzi_fast.training.train import random_subset
 
 from .report import write_report
 from .students import task_or_refuse
@@ -67,133 +68,22 @@ def known_students() -> dict:
     return EVAL_STUDENTS | JUDGES | INNER_SIZES
 
 
-# Inner loops from scratch, as the evaluation students train: 100 steps from one of 16 random
-# initialisations (no pretraining; a teacher, where one is asked for, is the first, trained
-# alone). The outer loop that moved the headroom start: outer lr 0.1, inner eps 1e-4.
-SCRATCH_100 = dict(pretrained_students=16, pretrain_steps=0, inner_steps=100)
-HEADROOM_LOOP = dict(outer_lr=0.1, inner_eps=1e-4)
-# The ML-100K presets' loops until sessions 21 (cpu) and 36 (paper), as PTB's presets still
-# loop: inner loops from a pool of 2 students pretrained for 400 steps, outer lr 1e-2, torch's
-# eps, the teacher's labels as they are. The variants measured as overrides of them
-# (POOL_VARIANTS) still mean that (variant_preset).
-_POOL = dict(inner_eps=1e-8, outer_lr=1e-2, uniform_share=0.0, pretrained_students=2,
-             pretrain_steps=400)
-POOL_LOOPS = {("ml-100k", "cpu"): dict(_POOL, inner_steps=20, outer_steps=200),
-              ("ml-100k", "paper"): dict(_POOL, inner_steps=50, outer_steps=1000,
-                                         eval_every=100)}
-# The paper's ablations and ours until session 21, as overrides of the pool's loops
-# (ML-100K cpu) or of the preset (elsewhere).
-POOL_VARIANTS = {
-    "pool": {},  # ML-100K: the presets before sessions 21 and 36 (POOL_LOOPS); PTB: the preset
-    "latent8": dict(latent_dim=8),                       # the paper's factorisation, d = 8
-    "random-init": dict(init="random", latent_dim=8),    # the paper's initialisation
-    # real sequences, no soft labels: a start only, as one-hot rows saturate the softmax and
-    # the outer loop cannot move them (distill() warns; benchmarks/NOTES.md, session 15)
-    "real-init": dict(teacher_share=0.0),
-    # the same rows with half of each position's mass spread evenly over the items, so no
-    # teacher and a softmax the outer loop can move: whether it teaches when it has room
-    # (the start is far below the teacher's, where every other row starts)
-    "real-init-uniform-0.5": dict(teacher_share=0.0, uniform_share=0.5),
-    "real-init-uniform-0.5-outer-lr-0.1-inner-eps-1e-4": dict(
-        teacher_share=0.0, uniform_share=0.5, outer_lr=0.1, inner_eps=1e-4),
-    # the same at a third of the outer lr: at 0.1 seed 2's meta-loss rose (6.84 -> 7.02)
-    "real-init-uniform-0.5-outer-lr-0.03-inner-eps-1e-4": dict(
-        teacher_share=0.0, uniform_share=0.5, outer_lr=0.03, inner_eps=1e-4),
-    # 4 loops averaged per outer step (run with --outer-steps 100: 400 loops, twice the
-    # row above): whether more loops make the gain reliable where one loop a step did not
-    "real-init-uniform-0.5-outer-lr-0.1-inner-eps-1e-4-meta-batch-4": dict(
-        teacher_share=0.0, uniform_share=0.5, outer_lr=0.1, inner_eps=1e-4, meta_batch=4),
-    # the same loop with inner loops as the evaluation students train: from scratch (one of
-    # 16 random initialisations), 100 steps (run with --outer-steps 100): whether a
-    # meta-objective closer to the evaluation makes the loop's gain reliable over seeds
-    "real-init-uniform-0.5-scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
-        SCRATCH_100, **HEADROOM_LOOP, teacher_share=0.0, uniform_share=0.5),
-    # the same loop from the paper's random start (no real rows, no teacher)
-    "random-init-scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
-        SCRATCH_100, **HEADROOM_LOOP, init="random", latent_dim=8),
-    # the same loop from the teacher's start
-    "scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(SCRATCH_100, **HEADROOM_LOOP),
-    # ... at a third of the outer lr: at 0.1 the teacher's start went nowhere (meta-loss flat
-    # at 6.0) where the headroom start's run went on to 5.89 (benchmarks/NOTES.md, session 18)
-    "scratch-100-outer-lr-0.03-inner-eps-1e-4": dict(SCRATCH_100, outer_lr=0.03,
-                                                    inner_eps=1e-4),
-    # the teacher's labels with half of each position's mass spread evenly (room above for the
-    # loop, as from the headroom start) and the scratch loops that moved the headroom start
-    "teacher-uniform-0.5-scratch-100-outer-lr-0.1-inner-eps-1e-4": dict(
-        SCRATCH_100, **HEADROOM_LOOP, uniform_share=0.5),
-    # the teacher's labels, half of each position's mass then spread evenly: a start between
-    # the teacher's and the uniform one, for the outer loop that moved the uniform one
-    "teacher-uniform-0.5-outer-lr-0.1-inner-eps-1e-4": dict(uniform_share=0.5, outer_lr=0.1,
-                                                            inner_eps=1e-4),
-    "outer-lr-0.1": dict(outer_lr=0.1),                  # 10x larger outer steps
-    "no-pretrained": dict(pretrained_students=0),        # inner loops from one fresh init
-    # plain SGD inner loops (unrolled autograd). lr: 10 gave the lowest real-data loss after
-    # 20 steps from a fresh student on a cpu-preset summary (of 1, 3, 10; 20 diverged), but
-    # diverged from the pretrained starts at outer step 23 (meta-loss 2e19); 3 is next best
-    "sgd-inner": dict(inner_optimizer="sgd", inner_lr=3.0),
-    # 4 or 8 inner loops (own pool start and real batch each) averaged per outer step: less
-    # variance in the meta-gradient, one loop's being nearly orthogonal to another's
-    # (bench_meta_gradient.py)
-    "meta-batch-4": dict(meta_batch=4),
-    "meta-batch-8": dict(meta_batch=8),
-    # inner Adam with eps 1e-4 instead of 1e-8: the meta-gradient no longer dominated by the
-    # parameters with the tiniest gradients (bench_meta_gradient: loops differing only in
-    # dropout masks, cosine 0.004 -> 0.10)
-    "inner-eps-1e-4": dict(inner_eps=1e-4),
-    "inner-eps-1e-4-meta-batch-8": dict(inner_eps=1e-4, meta_batch=8),
-    "outer-lr-0.1-inner-eps-1e-4": dict(outer_lr=0.1, inner_eps=1e-4),
-    "scratch-100": dict(SCRATCH_100),  # the preset's outer loop, inner loops from scratch
-    # teachers trained for other lengths (ML-100K paper preset: 1000; PTB cpu: 400)
-    "teacher-400": dict(teacher_steps=400),
-    "teacher-1500": dict(teacher_steps=1500),
-}
-# Overrides of the preset as it is.
-VARIANTS = {
-    "default": {},
-    # each start position part one-hot on the real item: on PTB a position's input is the
-    # teacher's prediction of its word, which puts ~1/300 of its mass on the word itself, so
-    # the students never see the text they are to continue (teacher_share was chosen on
-    # ML-100K at 50 x 20; benchmarks/NOTES.md, session 32)
-    "teacher-share-0.8": dict(teacher_share=0.8),
-    "teacher-share-0.5": dict(teacher_share=0.5),
-    # less smoothing: the outer loop cost GRU4Rec what the smoothed start had given it
-    # (benchmarks/NOTES.md, session 21)
-    "uniform-0.25": dict(uniform_share=0.25),
-    # inner loops taking turns between SASRec and GRU4Rec, and validation by both: the outer
-    # loop tuned the summary to SASRec at GRU4Rec's cost (benchmarks/NOTES.md, session 21)
-    "sasrec-gru": dict(students=("transformer", "gru")),
-    # ... with both in every outer step (two loops averaged): one gradient for both students
-    # instead of alternating pulls (seed 2 of sasrec-gru kept its start)
-    "sasrec-gru-meta-batch-2": dict(students=("transformer", "gru"), meta_batch=2),
-    # inner loops taking turns between SASRecs of three sizes (dim 50 x 2 layers, 32 x 1,
-    # 96 x 3), validation by all three: the outer loop's gain reached no judge of another size
-    # (benchmarks/NOTES.md, session 24); whether a summary tuned to several sizes does
-    "sasrec-sizes": dict(students=("transformer", "transformer-32x1", "transformer-96x3")),
-    # the paper's three ablations over the preset as it is (latent8, sgd-inner and
-    # no-pretrained measured them over the pool preset, whose outer loop moved nothing):
-    # the summary as rank-8 latents and a decoder, fitted to the same start. At the logits'
-    # outer lr (0.1) the meta-loss rose from the first step (6.34 -> 8.4 in 40 steps, seed 0):
-    # an Adam step of one lr moves a product of two factors further than one logit
-    "factorised-8-outer-lr-0.01": dict(latent_dim=8, outer_lr=0.01),
-    # plain SGD inner loops (unrolled autograd). lr 3: the lowest real-data loss after 100
-    # steps from fresh students on seed 0's start, of 1, 3 and 10 (6.87 against Adam's 6.28;
-    # 30 diverged)
-    "sgd-inner-lr-3": dict(inner_optimizer="sgd", inner_lr=3.0),
-    # inner loops from the paper's pretrained trajectories: 2 students trained 400 steps on
-    # real data, checkpoints every 50 (18 starts) instead of 16 fresh initialisations; the
-    # teacher is the first of them trained on to the preset's 400 steps, so the start differs
-    "pretrained-pool": dict(pretrained_students=2, pretrain_steps=400),
-    # the preset as it is with the engine's torch.compile'd steps (issue 13): its wall time
-    # and whether its rounding moves the summary's scores
-    "compile": dict(compile=True),
-} | POOL_VARIANTS
-VARIANT_KEYS = ("init", "inner_optimizer", "meta_batch", "compile")  # beyond DISTILL_KEYS
-# read by this script, not passed to distill(); students: the architectures the inner loops
-# take turns with (default: the task's Transformer alone)
-BENCH_KEYS = ("eval_every", "students")
-DISTILL_KEYS = ("latent_dim", "inner_steps", "outer_steps", "inner_lr", "inner_eps", "outer_lr",
-                "outer_batch", "teacher_share", "uniform_share", "pretrained_students",
-                "pretrain_steps", "teacher_steps")
+# Variants of the presets, with why each was measured: research/variants.toml.
+VARIANTS_FILE = Path(__file__).resolve().parent.parent / "research" / "variants.toml"
+# keys of a variant that are not settings of the preset
+VARIANT_ONLY = ("why", "loops", "students")
+
+
+def _read_variants() -> tuple[dict, dict]:
+    """(variants by name, loops by name -> family -> preset name -> settings)."""
+    with open(VARIANTS_FILE, "rb") as f:
+        table = tomllib.load(f)
+    return table["variants"], table["loops"]
+
+
+VARIANTS, LOOPS = _read_variants()
+
+
 # The students that choose a run's summary start from other weights than the evaluation
 # students that score it (fit() draws both from its seed): a summary kept because it suits
 # one initialisation would otherwise be scored by that very initialisation.
@@ -298,8 +188,8 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     name = farzi_source(label)
     if scored(results, cfg, name, seed):
         return
-    settings = run_settings(cfg, variant)
-    eval_every = VARIANTS[variant].get("eval_every", cfg["eval_every"])
+    config = run_config(cfg, variant, seed)
+    validate_every = VARIANTS[variant].get("validate_every", cfg["validate_every"])
     makes = [student_factory(task, cfg, arch, device)
              for arch in VARIANTS[variant].get("students", ("transformer",))]
     sign = 1.0 if task.higher_is_better else -1.0
@@ -333,10 +223,10 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     start = time.perf_counter()
     torch.manual_seed(seed)
     students = [make() for make in makes]
-    summary = distill(students, task.train_rows(), size=cfg["size"], device=device, seed=seed,
-                      validate=validate, validate_every=eval_every, callback=progress,
-                      checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY, resume=True,
-                      **settings)
+    summary = distill(students, task.train_rows(), config,
+                      RunOptions(device=device, checkpoint=checkpoint,
+                                 checkpoint_every=CHECKPOINT_EVERY, resume=True),
+                      validate=validate, validate_every=validate_every, callback=progress)
     seconds = round(time.perf_counter() - start, 1)
     summary.save(out / f"{stem}.pt")
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
@@ -423,22 +313,26 @@ def start_summary(task, cfg, device, seed: int, variant: str) -> torch.Tensor:
 
 
 def variant_preset(dataset: str, name: str, variant: str) -> dict:
-    """The preset `name` as `variant` overrides it: under the pool's loops for the variants
-    measured with them, where the preset no longer loops that way (POOL_LOOPS)."""
-    base = POOL_LOOPS.get((dataset, name), {}) if variant in POOL_VARIANTS else {}
-    return preset(dataset, name) | base
+    """The preset `name` as `variant` changes it, as flat settings: over the loops it names
+    (research/variants.toml) where the preset no longer loops that way."""
+    spec = VARIANTS[variant]
+    base = preset(dataset, name)
+    if "loops" in spec:
+        base = base.replace(**LOOPS[spec["loops"]].get(dataset, {}).get(name, {}))
+    return base.settings()
 
 
-def run_settings(cfg, variant: str) -> dict:
-    """distill()'s settings (but size and seed) for a preset's run of `variant`."""
-    return {k: cfg[k] for k in DISTILL_KEYS} | {
-        k: v for k, v in VARIANTS[variant].items() if k in DISTILL_KEYS or k in VARIANT_KEYS}
+def run_config(cfg, variant: str, seed: int) -> DistillConfig:
+    """The DistillConfig of seed's run of `variant` over the settings `cfg`."""
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    changes = {k: v for k, v in VARIANTS[variant].items() if k not in VARIANT_ONLY}
+    return DistillConfig(**({k: v for k, v in cfg.items() if k in names} | changes
+                            | dict(seed=seed)))
 
 
 def start_config(cfg, seed: int, variant: str) -> DistillConfig:
     """The DistillConfig of a run's start, with one pretrained student (see start_run)."""
-    return DistillConfig(tuple(cfg["size"]), seed=seed,
-                         **(run_settings(cfg, variant) | dict(pretrained_students=1)))
+    return dataclasses.replace(run_config(cfg, variant, seed), pretrained_students=1)
 
 
 def table(results, task) -> list[dict]:

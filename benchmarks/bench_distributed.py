@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from farzi_fast.farzi.presets import preset
+from farzi_fast.distillation.presets import preset
 
-from .bench_distill import POOL_LOOPS
+from .bench_distill import LOOPS
 from .report import write_report
 from .timing import device_name
 
@@ -42,9 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# The inner loops the README's table was measured with (the ML-100K cpu preset's until
-# session 21): what scales is the number of loops, not the loop.
-_POOL = POOL_LOOPS[("ml-100k", "cpu")]
+# The pool loops (research/variants.toml) the scaling table was measured with: what scales
+# is the number of loops, not the loop.
+_POOL = LOOPS["pool"]["ml-100k"]["cpu"]
 POOL_LOOP = ("--inner-steps", str(_POOL["inner_steps"]),
              "--pretrained-students", str(_POOL["pretrained_students"]))
 
@@ -57,7 +57,7 @@ def seconds_per_step(data: str, ranks: int, meta_batch: int, outer_steps: int) -
             f"--master_port={_free_port()}", "-m", "farzi_fast.cli"]
         subprocess.run([*launch, "distill", "--dataset", "ml-100k", "--data", data, "--out",
                         str(out), "--meta-batch", str(meta_batch), "--outer-steps",
-                        str(outer_steps), "--eval-every", "0", "--pretrain-steps", "50",
+                        str(outer_steps), "--validate-every", "0", "--pretrain-steps", "50",
                         *POOL_LOOP, "--quiet"], check=True, capture_output=True, text=True)
         stamps = [json.loads(line)["seconds"] for line in (out / "log.jsonl").read_text()
                   .splitlines() if "meta_loss" in line]
@@ -74,7 +74,7 @@ def run(data: str, meta_batch: int, ranks_list, outer_steps: int) -> dict:
                          meta_batch=meta_batch, seconds_per_step=seconds,
                          steps_per_minute=60 / seconds, speedup=base / seconds))
     # projection: one inner loop's time from the 1-process run, the all-reduce from its size
-    cfg = preset("ml-100k", "cpu")
+    cfg = preset("ml-100k", "cpu").settings()
     mu, xi = cfg["size"]
     vocab = 1683
     elements = mu * xi * vocab if cfg["latent_dim"] is None else \

@@ -36,7 +36,7 @@ import sys
 import torch
 
 from farzi_fast import ops
-from farzi_fast.cli import positive
+from farzi_fast.cli.options import positive
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient

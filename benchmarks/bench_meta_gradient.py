@@ -18,10 +18,11 @@ import statistics
 
 import torch
 
-from farzi_fast.farzi.distill import (DistillConfig, _inner_loop, initial_summary,
-                                      pretrained_pool)
+from farzi_fast import RunOptions
+from farzi_fast.distillation.outer_step import inner_loop
+from farzi_fast.distillation.start import initial_summary, pretrained_pool
 
-from .bench_distill import VARIANTS, run_settings, student_factory, variant_preset
+from .bench_distill import VARIANTS, run_config, student_factory, variant_preset
 from .report import write_report
 from .students import task_or_refuse
 from .timing import device_name
@@ -38,7 +39,7 @@ def loops_for_half(c: float):
 
 def run(task, cfg, variant: str, loops: int, seed: int, device) -> dict:
     """Meta-gradients of the seed's start under each condition; one row per condition."""
-    config = DistillConfig(tuple(cfg["size"]), seed=seed, **run_settings(cfg, variant))
+    config = run_config(cfg, variant, seed)
     torch.manual_seed(seed)
     student = student_factory(task, cfg, "transformer", device)()
     train = task.train_rows().to(device)
@@ -60,8 +61,9 @@ def run(task, cfg, variant: str, loops: int, seed: int, device) -> dict:
         losses, grads = [], []
         for start, batch, loop in zip(start_ids, batch_ids, loop_ids):
             # the very function an outer step calls, at outer step 1 (its dropout seeds)
-            loss, loop_grads, _ = _inner_loop(student, summary, config, pool[start],
-                                              train[batch], task.padding_id, 1, loop, None, None)
+            loss, loop_grads, _ = inner_loop(student, summary, config, RunOptions(),
+                                             pool[start], train[batch], task.padding_id, 1,
+                                             loop)
             losses.append(float(loss))
             grads.append(torch.cat([g.flatten() for g in loop_grads]).double())
         cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0))

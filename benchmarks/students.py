@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from farzi_fast.cli import positive
-from farzi_fast.farzi.presets import preset
-from farzi_fast.farzi.students import transformer_lm
-from farzi_fast.farzi.tasks import load_task
-from farzi_fast.farzi.train import hard_loss, soft_loss
+from farzi_fast.cli.options import positive
+from farzi_fast.distillation.presets import preset
+from farzi_fast.models import transformer_lm
+from farzi_fast.training.tasks import load_task
+from farzi_fast.training.train import hard_loss, soft_loss
 
 
 @dataclass
@@ -112,7 +112,7 @@ def distill_problem(dataset, dtype=torch.float32, train=False, widen=False, devi
     logits drawn N(0, 1), meta = those logits; outer = the real-data loss on 128 training
     rows. MovieLens-100K: SASRec dim 50 over 1683 items, 50 × 20; PTB: LM dim 64 over 10,000
     words, 50 × 20. Data from `data` or FARZI_FAST_DATA (never downloaded)."""
-    config = preset(dataset, "cpu")
+    config = preset(dataset, "cpu").settings()
     task = load_task(dataset, data, max_len=config["max_len"])
     torch.manual_seed(0)
     model = task.student(dim=config["dim"], heads=config["heads"], layers=config["layers"],

@@ -13,9 +13,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from farzi_fast import distill
-from farzi_fast.farzi.data import load_movielens_100k
-from farzi_fast.farzi.students import sasrec
+from tests.models import run_distill
+from farzi_fast.data import load_movielens_100k
+from farzi_fast.models import sasrec
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
 
     inner_steps = 3 if mode == "mismatch" and rank == 1 else 2
     try:
-        distill(student, movielens.train_batch(12), size=(4, 6), latent_dim=4,
+        run_distill(student, movielens.train_batch(12), size=(4, 6), latent_dim=4,
                 inner_steps=inner_steps, outer_steps=4, pretrained_students=1,
                 pretrain_steps=4, outer_batch=32, meta_batch=2, callback=die)
     except RuntimeError as error:

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from farzi_fast.farzi.students import transformer_lm
+from farzi_fast.models import transformer_lm
 
 
 def mlp(dtype=torch.float64, sizes=(5, 8, 3), seed=0):
@@ -58,3 +58,18 @@ def language_problem(model, dtype=torch.float64, batch=3, seed=2):
         return nn.functional.cross_entropy(pred.reshape(-1, vocab), real[:, 1:].reshape(-1))
 
     return loss_fn, outer_fn, (logits,)
+
+
+RUN_OPTIONS = ("device", "checkpoint", "checkpoint_every", "resume", "process_group",
+               "check_every", "anchor_every", "anchor_head", "skip_nonfinite")
+HOOKS = ("teacher", "validate", "validate_every", "callback")
+
+
+def run_distill(students, train, **settings):
+    """farzi_fast.distill with its settings as keywords, each routed to where it belongs:
+    DistillConfig fields, RunOptions fields or hooks."""
+    from farzi_fast import DistillConfig, RunOptions, distill
+
+    run = RunOptions(**{k: settings.pop(k) for k in RUN_OPTIONS if k in settings})
+    hooks = {k: settings.pop(k) for k in HOOKS if k in settings}
+    return distill(students, train, DistillConfig(**settings), run, **hooks)

@@ -105,23 +105,25 @@ def tiny_distill_benchmark(data_dir, monkeypatch, **overrides):
     """bench_distill with students trained for 4 steps, and a tiny cpu-preset configuration
     (`overrides` on top) with its ML-100K task: (bench_distill, task, cfg)."""
     from benchmarks import bench_distill
-    from farzi_fast.farzi.presets import preset
-    from farzi_fast.farzi.protocol import Recipe
-    from farzi_fast.farzi.tasks import load_task
+    from farzi_fast.distillation.presets import preset
+    from farzi_fast.training.protocol import Recipe
+    from farzi_fast.training.tasks import load_task
 
     tiny = Recipe(max_steps=4, eval_every=2, patience=1)
     monkeypatch.setattr(bench_distill, "VALIDATION", tiny)
     monkeypatch.setattr(bench_distill, "EVALUATION", tiny)
-    cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
-                                          outer_steps=2, pretrain_steps=3, teacher_steps=5,
-                                          eval_every=1, outer_batch=16, preset="cpu") | overrides
+    cfg = preset("ml-100k", "cpu").settings() | dict(
+        max_len=8, size=(3, 4), dim=8, inner_steps=2, outer_steps=2, pretrain_steps=3,
+        teacher_steps=5, validate_every=1, outer_batch=16, preset="cpu") | overrides
     return bench_distill, load_task("ml-100k", data_dir, cfg["max_len"]), cfg
 
 
 def test_distill_benchmark_variants_name_only_known_settings():
-    """A misspelt setting would be dropped by run_settings and the row measure the default."""
+    """A misspelt setting must not reach a run as nothing (DistillConfig would refuse it
+    only when that variant runs)."""
     from benchmarks import bench_distill as b
-    known = set(b.DISTILL_KEYS) | set(b.VARIANT_KEYS) | set(b.BENCH_KEYS)
+    from farzi_fast.distillation.presets import preset
+    known = set(preset("ml-100k", "cpu").settings()) | set(b.VARIANT_ONLY)
     assert {v: set(o) - known for v, o in b.VARIANTS.items() if set(o) - known} == {}
     known_students = set(b.known_students())
     assert {v: set(o["students"]) - known_students for v, o in b.VARIANTS.items()
@@ -129,23 +131,31 @@ def test_distill_benchmark_variants_name_only_known_settings():
 
 
 def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
-    """ML-100K's cpu preset changed (session 21); the variants measured as overrides of the
-    one before (the pool's loops) must still mean what their rows measured."""
+    """ML-100K's cpu preset changed; the variants measured as overrides of the one before
+    (the pool's loops) must still mean what their rows measured."""
     from benchmarks import bench_distill as b
-    from farzi_fast.farzi.presets import preset
+    from farzi_fast.distillation.presets import preset as preset_of
+
+    def preset(dataset, name):
+        return preset_of(dataset, name).settings()
+
+    def run_settings(cfg, variant):
+        settings = b.run_config(cfg, variant, 0).as_dict()
+        del settings["seed"]
+        return settings
 
     lead = "teacher-uniform-0.5-scratch-100-outer-lr-0.1-inner-eps-1e-4"
     now = b.variant_preset("ml-100k", "cpu", "default")
     assert now == preset("ml-100k", "cpu")
-    pool = b.run_settings(b.variant_preset("ml-100k", "cpu", "pool"), "pool")
+    pool = run_settings(b.variant_preset("ml-100k", "cpu", "pool"), "pool")
     assert (pool["inner_steps"], pool["outer_steps"], pool["pretrained_students"],
             pool["pretrain_steps"], pool["uniform_share"], pool["inner_eps"]) == (
                 20, 200, 2, 400, 0.0, 1e-8)
-    assert b.run_settings(b.variant_preset("ml-100k", "cpu", "latent8"), "latent8") == (
+    assert run_settings(b.variant_preset("ml-100k", "cpu", "latent8"), "latent8") == (
         pool | dict(latent_dim=8))
     # the preset is the variant it was chosen from, at its own budget: their rows are one run
-    assert b.run_settings(b.variant_preset("ml-100k", "cpu", lead), lead) == (
-        b.run_settings(now, "default") | dict(outer_steps=200))
+    assert run_settings(b.variant_preset("ml-100k", "cpu", lead), lead) == (
+        run_settings(now, "default") | dict(outer_steps=200))
     for dataset, name in (("ptb", "cpu"), ("ptb", "paper")):
         assert b.variant_preset(dataset, name, "teacher-1500") == preset(dataset, name)
     # variants added since (among them the paper's ablations re-measured over it) are
@@ -154,9 +164,9 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
                             ("factorised-8-outer-lr-0.01", dict(latent_dim=8, outer_lr=0.01)),
                             ("sgd-inner-lr-3", dict(inner_optimizer="sgd", inner_lr=3.0)),
                             ("pretrained-pool", dict(pretrained_students=2, pretrain_steps=400))):
-        assert b.run_settings(b.variant_preset("ml-100k", "cpu", variant), variant) == (
-            b.run_settings(now, "default") | change), variant
-    # ML-100K's paper preset changed too (session 36): the cpu preset's loops at its sizes and
+        assert run_settings(b.variant_preset("ml-100k", "cpu", variant), variant) == (
+            run_settings(now, "default") | change), variant
+    # ML-100K's paper preset changed too: the cpu preset's loops at its sizes and
     # teacher, and its pool loops (the preset's own rows before it) as --variant pool
     loops = ("inner_steps", "inner_lr", "inner_eps", "outer_lr", "outer_batch", "teacher_share",
              "uniform_share", "pretrained_students", "pretrain_steps")
@@ -164,11 +174,11 @@ def test_distill_benchmark_variants_keep_the_preset_they_were_measured_under():
     assert paper == preset("ml-100k", "paper")
     assert {k: paper[k] for k in loops} == {k: now[k] for k in loops}
     assert (paper["size"], paper["max_len"], paper["teacher_steps"], paper["outer_steps"],
-            paper["eval_every"]) == ((50, 150), 200, 1000, 100, 25)
+            paper["validate_every"]) == ([50, 150], 200, 1000, 100, 25)
     paper_pool = b.variant_preset("ml-100k", "paper", "pool")
     assert paper_pool == paper | dict(inner_steps=50, outer_steps=1000, inner_eps=1e-8,
                                       outer_lr=1e-2, uniform_share=0.0, pretrained_students=2,
-                                      pretrain_steps=400, eval_every=100)
+                                      pretrain_steps=400, validate_every=100)
     assert b.variant_preset("ml-100k", "paper", "teacher-1500") == paper_pool
 
 
@@ -176,7 +186,7 @@ def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
         data_dir, tmp_path, monkeypatch):
     """--variant sasrec-gru: the inner loops get a SASRec and a GRU4Rec, and the summary is
     kept by the mean validation score of both."""
-    from farzi_fast.farzi.students import GRU4Rec, CausalTransformer
+    from farzi_fast.models import GRU4Rec, CausalTransformer
 
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch,
                                                       eval_students=["transformer"])
@@ -200,7 +210,7 @@ def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
                       with_baselines=False)
     assert given == [[CausalTransformer, GRU4Rec]]
     assert [kind for kind, _ in validated[:2]] == [CausalTransformer, GRU4Rec]
-    assert len(validated) == 2 * (cfg["outer_steps"] // cfg["eval_every"] + 1)
+    assert len(validated) == 2 * (cfg["outer_steps"] // cfg["validate_every"] + 1)
 
 
 def test_distill_benchmark_tiny_run_resumes_from_its_results(data_dir, tmp_path, monkeypatch):
@@ -252,7 +262,7 @@ def test_distill_benchmark_scores_saved_summaries_under_another_recipe(data_dir,
     students trained at another learning rate, into their own results file."""
     import dataclasses
 
-    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch, eval_every=2)
+    bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch, validate_every=2)
     device = torch.device("cpu")
     bench_distill.run(task, cfg, [0], "default", 1, tmp_path, "t", device, with_baselines=False)
     recipes = []
@@ -362,7 +372,7 @@ def test_distill_benchmark_trains_students_on_every_export_of_a_saved_summary(
         data_dir, tmp_path, monkeypatch):
     """--exports: the stored summary, as `farzi-fast export` writes it out (hard ids, or each
     position's K most likely ids renormalised), is what each export's students train on."""
-    from farzi_fast.farzi.summary import FarziData
+    from farzi_fast.distillation.summary import FarziData
 
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch)
     device = torch.device("cpu")
@@ -434,11 +444,12 @@ def test_distill_benchmark_run_cut_mid_distillation_continues_exactly(data_dir, 
 
 def test_meta_gradient_benchmark_control_agrees_and_each_source_of_noise_bites(data_dir):
     from benchmarks import bench_meta_gradient
-    from farzi_fast.farzi.presets import preset
-    from farzi_fast.farzi.tasks import load_task
+    from farzi_fast.distillation.presets import preset
+    from farzi_fast.training.tasks import load_task
 
-    cfg = preset("ml-100k", "cpu") | dict(max_len=8, size=(3, 4), dim=8, inner_steps=2,
-                                          pretrain_steps=3, teacher_steps=5, outer_batch=16)
+    cfg = preset("ml-100k", "cpu").settings() | dict(
+        max_len=8, size=(3, 4), dim=8, inner_steps=2, pretrain_steps=3, teacher_steps=5,
+        outer_batch=16)
     task = load_task("ml-100k", data_dir, cfg["max_len"])
     result = bench_meta_gradient.run(task, cfg, "default", 3, 0, torch.device("cpu"))
     cosines = {row["condition"]: row["cos_mean"] for row in result["rows"]}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from farzi_fast.farzi.summary import FarziData
+from farzi_fast.distillation.summary import FarziData
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
@@ -35,7 +35,7 @@ def farzi_cli(data_dir, out, *extra, ranks=1, steps=3, wait=True):
     args = ["--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12", "--dim", "16",
             "--layers", "1", "--size", "4x6", "--latent-dim", "4", "--inner-steps", "2",
             "--outer-steps", str(steps), "--pretrained-students", "1", "--pretrain-steps", "4",
-            "--eval-every", "0", "--outer-batch", "32", "--quiet", "--out", str(out), *extra]
+            "--validate-every", "0", "--outer-batch", "32", "--quiet", "--out", str(out), *extra]
     launch = [sys.executable, "-m", "farzi_fast.cli"] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
         f"--master_port={free_port()}", "-m", "farzi_fast.cli"]
@@ -76,7 +76,7 @@ def summary(run):
 
 
 def test_two_ranks_give_the_summary_of_one_process(data_dir, tmp_path):
-    validated = ["--meta-batch", "2", "--eval-every", "2", "--train-steps", "5"]
+    validated = ["--meta-batch", "2", "--validate-every", "2", "--train-steps", "5"]
     one = farzi_cli(data_dir, tmp_path / "one", *validated)
     two = farzi_cli(data_dir, tmp_path / "two", *validated, ranks=2)
     assert one.returncode == 0, _failure(one)
@@ -89,7 +89,7 @@ def test_two_ranks_give_the_summary_of_one_process(data_dir, tmp_path):
     checks = [e["step"] for e in read_log(tmp_path / "two") if "valid" in e]
     assert checks == [0, 2, 3]  # rank 0 validated (and alone wrote the log)
     # a meta-batch of 1 is another run: the comparison above is not vacuous
-    other = farzi_cli(data_dir, tmp_path / "mb1", "--eval-every", "2", "--train-steps", "5")
+    other = farzi_cli(data_dir, tmp_path / "mb1", "--validate-every", "2", "--train-steps", "5")
     assert other.returncode == 0
     assert [e["meta_loss"] for e in read_log(tmp_path / "mb1") if "meta_loss" in e] != \
         losses["one"]

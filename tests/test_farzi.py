@@ -11,15 +11,18 @@ import torch
 from torch import nn
 
 from farzi_fast import FarziData, distill
-from farzi_fast.cli import main as cli, read_log
+from farzi_fast.cli import main as cli
+from farzi_fast.files import read_jsonl as read_log
 from farzi_fast.data import load_movielens_100k, load_ptb
-from farzi_fast.farzi.data import PADDING_ID
-from farzi_fast.farzi.distill import (DistillConfig, default_teacher, pretrained_pool,
-                                      teacher_sequences)
-from farzi_fast.farzi.metrics import ranking_metrics, score_recommendations
-from farzi_fast.farzi.protocol import Recipe
-from farzi_fast.farzi.students import gru4rec, nextitnet, sasrec, transformer_lm
-from farzi_fast.farzi.train import hard_loss, soft_loss
+from farzi_fast.data import PADDING_ID
+from farzi_fast.distillation import DistillConfig, RunOptions
+from farzi_fast.distillation.start import default_teacher, pretrained_pool, teacher_sequences
+from farzi_fast.training.metrics import ranking_metrics, score_recommendations
+from farzi_fast.training.protocol import Recipe
+from farzi_fast.models import gru4rec, nextitnet, sasrec, transformer_lm
+from farzi_fast.training.train import hard_loss, soft_loss
+
+from .models import run_distill
 
 
 def tiny_student(data):
@@ -233,7 +236,7 @@ def test_farzi_data_soft_sample_save_load(tmp_path):
     assert data.sample(torch.Generator().manual_seed(1)).shape == (3, 5)
     assert torch.equal(data.sample(greedy=True), soft.argmax(-1))
     data.save(tmp_path / "f.pt")
-    from farzi_fast.farzi.files import _umask
+    from farzi_fast.files import _umask
 
     assert (tmp_path / "f.pt").stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() makes
     back = FarziData.load(tmp_path / "f.pt")
@@ -259,7 +262,7 @@ def test_entropy_counts_no_padding_position():
 
 
 def test_padding_id_is_saved_loaded_and_checked(tmp_path):
-    from farzi_fast.farzi.files import DIGEST_KEY, atomic_save
+    from farzi_fast.files import DIGEST_KEY, atomic_save
 
     data = FarziData(2, 3, 7, latent_dim=None)
     data.save(tmp_path / "none.pt")
@@ -282,10 +285,10 @@ def test_distill_gives_the_summary_its_students_padding_id(movielens, tmp_path):
     train = movielens.train_batch(12)
     checkpoint = tmp_path / "ckpt.pt"
     for resume in (False, True):  # a resumed run restores the summary from a checkpoint
-        summary = distill(tiny_student(movielens), train, outer_steps=1 + resume,
+        summary = run_distill(tiny_student(movielens), train, outer_steps=1 + resume,
                           checkpoint=checkpoint, resume=resume, **DISTILL)
         assert summary.padding_id == 0
-    lm = distill(transformer_lm(movielens.num_items + 1, max_len=12), train, outer_steps=1,
+    lm = run_distill(transformer_lm(movielens.num_items + 1, max_len=12), train, outer_steps=1,
                  **DISTILL)
     assert lm.padding_id is None  # a language model pads nothing
 
@@ -300,7 +303,7 @@ def test_farzi_data_refuses_non_positive_sizes(args):
 
 def test_distill_resumes_exactly_after_a_kill(movielens, tmp_path):
     train = movielens.train_batch(12)
-    straight = distill(tiny_student(movielens), train, outer_steps=4, **DISTILL)
+    straight = run_distill(tiny_student(movielens), train, outer_steps=4, **DISTILL)
 
     class Killed(Exception):
         pass
@@ -311,9 +314,9 @@ def test_distill_resumes_exactly_after_a_kill(movielens, tmp_path):
 
     checkpoint = tmp_path / "ckpt.pt"
     with pytest.raises(Killed):
-        distill(tiny_student(movielens), train, outer_steps=4, checkpoint=checkpoint,
+        run_distill(tiny_student(movielens), train, outer_steps=4, checkpoint=checkpoint,
                 checkpoint_every=2, callback=kill_at_3, **DISTILL)
-    resumed = distill(tiny_student(movielens), train, outer_steps=4, checkpoint=checkpoint,
+    resumed = run_distill(tiny_student(movielens), train, outer_steps=4, checkpoint=checkpoint,
                       checkpoint_every=2, resume=True, **DISTILL)
     assert torch.equal(resumed.latent, straight.latent)
     assert torch.equal(resumed.decoder, straight.decoder)
@@ -322,10 +325,10 @@ def test_distill_resumes_exactly_after_a_kill(movielens, tmp_path):
 def test_distill_refuses_a_different_configuration_on_resume(movielens, tmp_path):
     train = movielens.train_batch(12)
     checkpoint = tmp_path / "ckpt.pt"
-    distill(tiny_student(movielens), train, outer_steps=1, checkpoint=checkpoint, **DISTILL)
+    run_distill(tiny_student(movielens), train, outer_steps=1, checkpoint=checkpoint, **DISTILL)
     before = checkpoint.read_bytes()
     with pytest.raises(ValueError, match="different configuration .*latent_dim"):
-        distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint,
+        run_distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint,
                 resume=True, **(DISTILL | dict(latent_dim=5)))
     assert checkpoint.read_bytes() == before
 
@@ -345,41 +348,41 @@ def test_distill_takes_turns_between_students(movielens, tmp_path):
         turns.append([i for i, s in enumerate(students) if id(s) in called])
         called.clear()
 
-    distill(students, train, outer_steps=3, callback=turn, **DISTILL)
+    run_distill(students, train, outer_steps=3, callback=turn, **DISTILL)
     assert turns == [[0], [1], [0]]
     turns.clear()
-    distill(students, train, outer_steps=2, callback=turn, **(DISTILL | dict(meta_batch=3)))
+    run_distill(students, train, outer_steps=2, callback=turn, **(DISTILL | dict(meta_batch=3)))
     assert turns == [[0, 1], [0, 1]]  # loops 0, 1, 2 then 3, 4, 5: both students each step
 
-    alone = distill(tiny_student(movielens), train, outer_steps=2, **DISTILL)
-    listed = distill([tiny_student(movielens)], train, outer_steps=2, **DISTILL)
+    alone = run_distill(tiny_student(movielens), train, outer_steps=2, **DISTILL)
+    listed = run_distill([tiny_student(movielens)], train, outer_steps=2, **DISTILL)
     assert torch.equal(alone.latent, listed.latent)
 
     with pytest.raises(ValueError, match="non-empty list"):
-        distill([], train, outer_steps=1, **DISTILL)
+        run_distill([], train, outer_steps=1, **DISTILL)
     lm = transformer_lm(movielens.num_items + 1, max_len=12)
     with pytest.raises(ValueError, match=r"student\[1\] has padding_id None, student\[0\] 0"):
-        distill([students[0], lm], train, outer_steps=1, **DISTILL)
+        run_distill([students[0], lm], train, outer_steps=1, **DISTILL)
     checkpoint = tmp_path / "ckpt.pt"
-    distill(students, train, outer_steps=1, checkpoint=checkpoint, **DISTILL)
+    run_distill(students, train, outer_steps=1, checkpoint=checkpoint, **DISTILL)
     with pytest.raises(ValueError, match="another student architecture"):
-        distill(students[:1], train, outer_steps=2, checkpoint=checkpoint, resume=True,
+        run_distill(students[:1], train, outer_steps=2, checkpoint=checkpoint, resume=True,
                 **DISTILL)
 
 
 def test_distill_refuses_bad_input(movielens):
     train = movielens.train_batch(12)
     with pytest.raises(ValueError, match="vocabulary"):
-        distill(transformer_lm(50, max_len=12), train, outer_steps=1, **DISTILL)
+        run_distill(transformer_lm(50, max_len=12), train, outer_steps=1, **DISTILL)
     with pytest.raises(ValueError, match="size"):
-        distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(size=(0, 6))))
+        run_distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(size=(0, 6))))
     with pytest.raises(ValueError, match="inner_lr must be a finite number"):
-        distill(tiny_student(movielens), train, outer_steps=1,
+        run_distill(tiny_student(movielens), train, outer_steps=1,
                 **(DISTILL | dict(inner_lr=float("inf"))))
     with pytest.raises(ValueError, match="inner_steps"):
-        distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_steps=0)))
+        run_distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_steps=0)))
     with pytest.raises(ValueError, match="inner_eps must be a finite number > 0"):
-        distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_eps=0.0)))
+        run_distill(tiny_student(movielens), train, outer_steps=1, **(DISTILL | dict(inner_eps=0.0)))
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -401,7 +404,7 @@ def test_distill_lowers_the_meta_loss(movielens):
     # inner_eps 1e-4 because with torch's 1e-8 the meta-gradient follows the tiniest inner
     # gradients (DistillConfig.inner_eps), whose rounding differs with the machine and its
     # thread count: seed 0 fell by 0.15-0.20 here and by 0.03 on another 2-core machine
-    distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=12,
+    run_distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=12,
             callback=lambda step, loss, farzi: losses.append(loss),
             **(DISTILL | dict(inner_steps=5, inner_lr=0.05, inner_eps=1e-4, outer_lr=0.1,
                               outer_batch=2000, pretrained_students=0, init="random")))
@@ -412,7 +415,7 @@ def test_distill_lowers_the_meta_loss(movielens):
 def test_distill_with_sgd_inner_loops_lowers_the_meta_loss(movielens):
     """The paper's ablation: plain SGD inner loops (unrolled autograd, not the engine)."""
     losses = []
-    distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=20,
+    run_distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=20,
             callback=lambda step, loss, farzi: losses.append(loss),
             **(DISTILL | dict(inner_steps=5, inner_lr=1.0, outer_lr=0.1, outer_batch=2000,
                               pretrained_students=0, init="random", inner_optimizer="sgd")))
@@ -420,7 +423,7 @@ def test_distill_with_sgd_inner_loops_lowers_the_meta_loss(movielens):
     # threads); SGD's 5 inner steps move less than Adam's
     assert losses[-1] < losses[0] - 0.03
     with pytest.raises(ValueError, match="inner_optimizer must be one of"):
-        distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
+        run_distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
                 **(DISTILL | dict(inner_optimizer="rmsprop")))
 
 
@@ -430,7 +433,7 @@ def test_inner_loops_use_the_inner_eps(movielens):
     from torch.func import functional_call
 
     import farzi_fast
-    from farzi_fast.farzi.distill import _inner_loop, _loop_seed
+    from farzi_fast.distillation.outer_step import inner_loop, loop_seed
 
     student, train = tiny_student(movielens), movielens.train_batch(12)
     farzi = FarziData(4, 6, student.vocab_size, 4, generator=torch.Generator().manual_seed(0))
@@ -438,12 +441,12 @@ def test_inner_loops_use_the_inner_eps(movielens):
     real = train[:32]
 
     def meta_gradient(eps):
-        config = DistillConfig((4, 6), 4, 3, 1, inner_eps=eps)
-        return _inner_loop(student, farzi, config, init, real, student.padding_id, 1, 0,
-                           None, None)[1]
+        config = DistillConfig((4, 6), 3, 1, latent_dim=4, inner_eps=eps)
+        return inner_loop(student, farzi, config, RunOptions(), init, real,
+                          student.padding_id, 1, 0)[1]
 
     def by_hand(eps):
-        torch.manual_seed(_loop_seed(0, 1, 0))  # the dropout masks of outer step 1's loop
+        torch.manual_seed(loop_seed(0, 1, 0))  # the dropout masks of outer step 1's loop
         trained = farzi_fast.unroll(
             student, lambda f, t, *meta: soft_loss(f, farzi.soft(*meta), student.padding_id),
             3, meta=farzi.meta, lr=1e-2, eps=eps, init=init)
@@ -461,28 +464,28 @@ def test_inner_loops_use_the_inner_eps(movielens):
 def test_inner_loops_with_compiled_steps_give_the_eager_meta_gradient(movielens):
     """compile=True reaches the engine (dropout on, latent summary) and changes only
     rounding; it is refused for the SGD loop, which the engine does not run."""
-    from farzi_fast.farzi.distill import _inner_loop
+    from farzi_fast.distillation.outer_step import inner_loop
 
     student, train = tiny_student(movielens), movielens.train_batch(12)
     farzi = FarziData(4, 6, student.vocab_size, 4, generator=torch.Generator().manual_seed(0))
     init = {n: p.detach().clone() for n, p in student.named_parameters()}
 
     def meta_gradient(compile):
-        config = DistillConfig((4, 6), 4, 3, 1, inner_eps=1e-3, compile=compile)
-        return _inner_loop(student, farzi, config, init, train[:32], student.padding_id, 1, 0,
-                           None, None)[1]
+        config = DistillConfig((4, 6), 3, 1, latent_dim=4, inner_eps=1e-3, compile=compile)
+        return inner_loop(student, farzi, config, RunOptions(), init, train[:32],
+                          student.padding_id, 1, 0)[1]
 
     for a, b in zip(meta_gradient(True), meta_gradient(False)):  # float32: one in 1e5
         assert (a - b).norm() < 1e-5 * b.norm()
     with pytest.raises(ValueError, match="compile=True compiles the engine's Adam steps"):
-        DistillConfig((4, 6), 4, 3, 1, compile=True, inner_optimizer="sgd")
+        DistillConfig((4, 6), 3, 1, latent_dim=4, compile=True, inner_optimizer="sgd")
 
 
 def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
     train = movielens.train_batch(12)
     train[0, :-3] = 0  # a short history: padded positions
     teacher = tiny_student(movielens)
-    config = lambda share: DistillConfig((len(train), 6), 4, 1, 1, teacher_share=share)
+    config = lambda share: DistillConfig((len(train), 6), 1, 1, latent_dim=4, teacher_share=share)
     g = lambda: torch.Generator().manual_seed(0)
     rows = train[torch.randperm(len(train), generator=g())]
     real = teacher_sequences(teacher, train, config(0.0), g())
@@ -501,7 +504,7 @@ def test_teacher_sequences_mix_real_items_and_soft_labels(movielens):
     half = teacher_sequences(teacher, train, config(0.5), g())
     assert torch.allclose(half.sum(-1), torch.ones(1), atol=1e-5)
     with pytest.raises(ValueError, match="size asks for sequences of 13 positions"):
-        teacher_sequences(teacher, train, DistillConfig((3, 13), 4, 1, 1), g())
+        teacher_sequences(teacher, train, DistillConfig((3, 13), 1, 1, latent_dim=4), g())
 
 
 def test_uniform_share_spreads_mass_evenly_over_the_items_but_padding(movielens):
@@ -509,7 +512,7 @@ def test_uniform_share_spreads_mass_evenly_over_the_items_but_padding(movielens)
     train[0, :-3] = PADDING_ID  # a short history: padded positions
     teacher = tiny_student(movielens)
     vocab = teacher.vocab_size
-    config = lambda **kw: DistillConfig((len(train), 6), None, 1, 1, **kw)
+    config = lambda **kw: DistillConfig((len(train), 6), 1, 1, **kw)
     g = lambda: torch.Generator().manual_seed(0)
     items = train[torch.randperm(len(train), generator=g())][:, -6:]
     real, pad = items != PADDING_ID, items == PADDING_ID
@@ -538,23 +541,23 @@ def test_a_start_the_outer_loop_cannot_move_is_reported(movielens):
     train = movielens.train_batch(12)
     after_step_1 = {}
     with pytest.warns(RuntimeWarning, match="outer step 1 moved no soft token"):
-        frozen = distill(tiny_student(movielens), train, outer_steps=2, teacher_share=0.0,
+        frozen = run_distill(tiny_student(movielens), train, outer_steps=2, teacher_share=0.0,
                          callback=lambda step, loss, f: after_step_1.setdefault(
                              "soft", f.soft().detach().clone()),
                          **(DISTILL | dict(latent_dim=None)))
     assert torch.equal(frozen.soft(), after_step_1["soft"])  # nor did step 2
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.5,
+        run_distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.5,
                 **(DISTILL | dict(latent_dim=None)))
-        distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.0,
+        run_distill(tiny_student(movielens), train, outer_steps=1, teacher_share=0.0,
                 uniform_share=0.5, **(DISTILL | dict(latent_dim=None)))
 
 
 def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
     train = movielens.train_batch(12)
     student = tiny_student(movielens)
-    config = lambda **kw: DistillConfig((4, 6), None, 1, 1, pretrained_students=2,
+    config = lambda **kw: DistillConfig((4, 6), 1, 1, pretrained_students=2,
                                         pretrain_steps=4, pretrain_every=2, **kw)
     pool = pretrained_pool(student, train, config())
     as_pool = default_teacher(student, train, config(), pool)  # teacher_steps None: no more
@@ -569,7 +572,7 @@ def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
     with pytest.raises(ValueError, match=r"teacher_steps \(3\) must be >= pretrain_steps"):
         config(teacher_steps=3)
     # without pretrained students, the teacher is trained from scratch for teacher_steps
-    fresh = DistillConfig((4, 6), None, 1, 1, pretrained_students=0, teacher_steps=3)
+    fresh = DistillConfig((4, 6), 1, 1, pretrained_students=0, teacher_steps=3)
     (start,) = pretrained_pool(student, train, fresh)
     scratch = default_teacher(student, train, fresh, [start])
     assert not torch.equal(scratch.embed, student.embed)
@@ -578,7 +581,7 @@ def test_default_teacher_trains_the_first_pretrained_student_on(movielens):
     assert all(not torch.equal(start[n], p) for n, p in student.named_parameters()
                if n.endswith(("embed", "weight")) and p.dim() > 1)
     with pytest.raises(ValueError, match="needs a teacher"):
-        nothing = DistillConfig((4, 6), None, 1, 1, pretrained_students=0, pretrain_steps=0)
+        nothing = DistillConfig((4, 6), 1, 1, pretrained_students=0, pretrain_steps=0)
         default_teacher(student, train, nothing, [])
 
 
@@ -618,8 +621,8 @@ def test_distill_returns_the_best_summary_on_validation(movielens):
         torch.rand(100)  # validation draws random numbers: the run must not see them
         return -abs(step - 2)  # best at outer step 2
 
-    last = distill(tiny_student(movielens), train, outer_steps=4, **DISTILL)
-    best = distill(tiny_student(movielens), train, outer_steps=4, validate=validate,
+    last = run_distill(tiny_student(movielens), train, outer_steps=4, **DISTILL)
+    best = run_distill(tiny_student(movielens), train, outer_steps=4, validate=validate,
                    validate_every=1, callback=lambda *a: torch.rand(7), **DISTILL)
     assert sorted(seen) == [0, 1, 2, 3, 4] and best.selected_step == 2
     assert all(torch.equal(a, b) for a, b in zip(best.meta, seen[2]))
@@ -658,7 +661,7 @@ def test_cli_distills_without_a_teacher_from_fresh_students(movielens, data_dir,
                 "--dim", "16", "--layers", "1", "--out", str(out), "--size", "4x6",
                 "--inner-steps", "2", "--outer-steps", "1", "--teacher-share", "0",
                 "--uniform-share", "0.5", "--pretrained-students", "2", "--pretrain-steps", "0",
-                "--eval-every", "0", "--outer-batch", "32", "--quiet"]) == 0
+                "--validate-every", "0", "--outer-batch", "32", "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["pretrain_steps"], config["teacher_steps"]) == (0, 400)  # the preset's
     assert FarziData.load(out / "farzi.pt").size == (4, 6)
@@ -671,14 +674,14 @@ def test_cli_distills_with_several_architectures(movielens, data_dir, tmp_path, 
     args = ["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12",
             "--dim", "8", "--layers", "1", "--size", "4x6", "--inner-steps", "2",
             "--outer-steps", "2", "--pretrain-steps", "3", "--teacher-steps", "3",
-            "--eval-every", "2", "--train-steps", "2", "--outer-batch", "32", "--quiet"]
+            "--validate-every", "2", "--train-steps", "2", "--outer-batch", "32", "--quiet"]
     assert cli(args + ["--out", str(out), "--also-students", "gru", "cnn"]) == 0
     checks = [e for e in read_log(out / "log.jsonl") if "valid" in e]
     assert [sorted(e["valid_each"]) for e in checks] == [["cnn", "gru", "transformer"]] * 2
     for e in checks:
         assert e["valid"]["HR@10"] == pytest.approx(
             sum(v["HR@10"] for v in e["valid_each"].values()) / 3)
-    assert json.loads((out / "config.json").read_text())["also_students"] == ["gru", "cnn"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["transformer", "gru", "cnn"]
     assert FarziData.load(out / "farzi.pt").size == (4, 6)
     capsys.readouterr()
     assert cli(args + ["--out", str(tmp_path / "twice"), "--also-students", "transformer"]) == 2
@@ -693,7 +696,7 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
               "16", "--layers", "1"]
     distill_args = ["distill", *common, "--out", str(out), "--size", "4x6", "--latent-dim", "4",
                     "--inner-steps", "2", "--pretrained-students", "1", "--pretrain-steps", "2",
-                    "--checkpoint-every", "1", "--eval-every", "2", "--train-steps", "5",
+                    "--checkpoint-every", "1", "--validate-every", "2", "--train-steps", "5",
                     "--outer-batch", "32", "--quiet"]
     assert cli(distill_args + ["--outer-steps", "2"]) == 0
     capsys.readouterr()

@@ -19,11 +19,12 @@ import math
 import pytest
 import torch
 
-from farzi_fast import FarziData, distill
+from farzi_fast import FarziData
 from farzi_fast.cli import main as cli
-from farzi_fast.farzi.metrics import ranking_metrics
-from farzi_fast.farzi.students import sasrec
+from farzi_fast.training.metrics import ranking_metrics
+from farzi_fast.models import sasrec
 
+from .models import run_distill
 from .test_farzi import DISTILL, tiny_student
 
 
@@ -65,7 +66,7 @@ def test_saved_files_detect_flipped_bytes_and_tampering(tmp_path):
     (tmp_path / "f.pt").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="f.pt is damaged"):
         FarziData.load(tmp_path / "f.pt")
-    from farzi_fast.farzi.files import DIGEST_KEY, safe_load
+    from farzi_fast.files import DIGEST_KEY, safe_load
 
     data.save(tmp_path / "g.pt")
     state = torch.load(tmp_path / "g.pt", weights_only=True)
@@ -90,19 +91,19 @@ class Exploit:
 
 
 def test_distill_resume_refuses_other_data_students_and_impossible_states(movielens, tmp_path):
-    from farzi_fast.farzi.files import atomic_save, safe_load
+    from farzi_fast.files import atomic_save, safe_load
 
     train = movielens.train_batch(12)
     checkpoint = tmp_path / "ckpt.pt"
-    distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint, **DISTILL)
+    run_distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint, **DISTILL)
     resume = dict(DISTILL, checkpoint=checkpoint, resume=True)
     with pytest.raises(ValueError, match="another real training data"):
-        distill(tiny_student(movielens), train[1:], outer_steps=3, **resume)
+        run_distill(tiny_student(movielens), train[1:], outer_steps=3, **resume)
     wider = sasrec(movielens.num_items, max_len=12, dim=24, heads=1, layers=1)
     with pytest.raises(ValueError, match="another student architecture"):
-        distill(wider, train, outer_steps=3, **resume)
+        run_distill(wider, train, outer_steps=3, **resume)
     with pytest.raises(ValueError, match="at outer step 2, beyond outer_steps=1"):
-        distill(tiny_student(movielens), train, outer_steps=1, **resume)
+        run_distill(tiny_student(movielens), train, outer_steps=1, **resume)
     good = safe_load(checkpoint, "checkpoint")
     tampered = [dict(good, step=-5), dict(good, step="five"), dict(good, step=10 ** 6),
                 dict(good, summary=[good["summary"][0][:1], good["summary"][1]]),
@@ -113,7 +114,7 @@ def test_distill_resume_refuses_other_data_students_and_impossible_states(moviel
                                          "missing or malformed parts \\['pool'\\]"]):
         atomic_save(state, checkpoint)  # edited with a valid digest: the values still count
         with pytest.raises(ValueError, match=message):
-            distill(tiny_student(movielens), train, outer_steps=3, **resume)
+            run_distill(tiny_student(movielens), train, outer_steps=3, **resume)
 
 
 def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
@@ -124,7 +125,7 @@ def test_cli_presets_refuse_what_cannot_work(data_dir, tmp_path, capsys):
     assert cli(base + ["--preset", "paper", "--max-len", "100"]) == 2
     assert "--size 50x150" in capsys.readouterr().err
     assert cli(base + ["--pretrain-steps", "400", "--teacher-steps", "300"]) == 2
-    assert "--teacher-steps 300 is less than --pretrain-steps 400" in capsys.readouterr().err
+    assert "--teacher-steps (300) must be >= --pretrain-steps (400)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:  # argparse's own refusal; 0: fresh starts
         cli(base + ["--pretrain-steps", "-1"])
     assert refused.value.code == 2
@@ -161,7 +162,7 @@ def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(data_dir, tmp_pa
     args = ["distill", "--dataset", "ml-100k", "--data", str(data_dir) + "/", "--max-len", "12",
             "--dim", "16", "--layers", "1", "--out", str(out), "--size", "4x6",
             "--inner-steps", "2", "--pretrained-students", "1", "--pretrain-steps", "2",
-            "--checkpoint-every", "1", "--eval-every", "0", "--outer-batch", "32", "--quiet"]
+            "--checkpoint-every", "1", "--validate-every", "0", "--outer-batch", "32", "--quiet"]
     assert cli(args + ["--outer-steps", "2"]) == 0
     log = out / "log.jsonl"
     log.write_text(log.read_text() + '{"step": 3, "meta_l')  # killed mid-write
@@ -179,7 +180,7 @@ def test_cli_resume_survives_a_torn_log_and_names_a_damaged_one(data_dir, tmp_pa
 def test_cli_train_builds_the_student_of_the_datas_preset(data_dir, tmp_path, capsys):
     """Sizes not given are the data's cpu preset's, the student its tables score with: for
     text, PTB's LM (dim 64, 2 heads, dropout 0.1), not ML-100K's SASRec sizes; given ones win."""
-    from farzi_fast.farzi.files import safe_load
+    from farzi_fast.files import safe_load
 
     cases = [("ml-100k", [], dict(dim=50, heads=1, layers=2, dropout=0.2)),
              ("ptb", [], dict(dim=64, heads=2, layers=2, dropout=0.1)),
@@ -217,7 +218,7 @@ def test_cli_mistakes_get_one_line_and_exit_2(data_dir, tmp_path, capsys):
     assert cli(["distill", "--dataset", "ml-100k", "--data", str(tmp_path / "none"), "--out",
                 str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()  # a failed start leaves nothing behind
-    from farzi_fast.farzi.files import atomic_save
+    from farzi_fast.files import atomic_save
 
     atomic_save({"format": "farzi_fast.student", "dataset": "ml-100k"}, tmp_path / "s.pt")
     capsys.readouterr()
@@ -234,7 +235,7 @@ def test_cli_mistakes_get_one_line_and_exit_2(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("option", [["--size", "+2x+3"], ["--size", "2_0x3"],
                                     ["--size", "-3x4"], ["--size", "\uff12x3"],
                                     ["--checkpoint-every", "-1"],
-                                    ["--eval-every", "-1"], ["--max-len", "0"],
+                                    ["--validate-every", "-1"], ["--max-len", "0"],
                                     ["--outer-steps", "1_000"]])
 def test_cli_numbers_are_read_strictly(option, data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -245,14 +246,14 @@ def test_cli_numbers_are_read_strictly(option, data_dir, tmp_path, capsys):
 
 
 def test_max_len_is_never_silently_replaced(data_dir):
-    from farzi_fast.farzi.tasks import load_task
+    from farzi_fast.training.tasks import load_task
 
     with pytest.raises(ValueError, match="max_len"):
         load_task("ml-100k", data_dir, 0)
 
 
 def test_distill_follows_a_float64_student(movielens):
-    summary = distill(tiny_student(movielens).double(), movielens.train_batch(12),
+    summary = run_distill(tiny_student(movielens).double(), movielens.train_batch(12),
                       outer_steps=1, **DISTILL)
     assert summary.latent.dtype == torch.float64 and summary.decoder.dtype == torch.float64
 
@@ -271,7 +272,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_summary(data_dir, tmp_path):
                 "--data", str(data_dir), "--max-len", "12", "--dim", "16", "--layers", "1",
                 "--out", str(out), "--size", "4x6", "--inner-steps", "3",
                 "--pretrained-students", "1", "--pretrain-steps", "2", "--checkpoint-every",
-                "1", "--eval-every", "0", "--outer-batch", "32", "--outer-steps", str(steps),
+                "1", "--validate-every", "0", "--outer-batch", "32", "--outer-steps", str(steps),
                 "--quiet"]
 
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: bit-identical across processes
@@ -317,7 +318,7 @@ def test_a_nan_meta_gradient_never_reaches_the_summary(movielens):
     seen = []
     with pytest.raises(FloatingPointError, match="meta-gradient at outer step 1 is not finite"
                        ) as error:
-        distill(student, movielens.train_batch(12), outer_steps=2, skip_nonfinite=0,
+        run_distill(student, movielens.train_batch(12), outer_steps=2, skip_nonfinite=0,
                 callback=lambda *a: seen.append(a), **DISTILL)
     assert seen == []  # no outer step completed with a corrupted summary
     assert "chaotic" not in str(error.value)  # the states were reconstructed well here
@@ -328,7 +329,7 @@ def test_a_nan_meta_gradient_never_reaches_the_summary(movielens):
     with pytest.warns(RuntimeWarning, match="outer step skipped"), \
             pytest.raises(FloatingPointError, match=r"step 4 is not finite.*4 outer steps in a "
                                                     r"row \(skip_nonfinite=3\)"):
-        distill(student, movielens.train_batch(12), outer_steps=6,
+        run_distill(student, movielens.train_batch(12), outer_steps=6,
                 callback=lambda step, loss, farzi: soft.append(farzi.soft().detach().clone()),
                 **DISTILL)
     assert len(soft) == 3 and all(torch.equal(s, soft[0]) for s in soft)
@@ -338,18 +339,18 @@ def test_a_rare_nonfinite_meta_gradient_skips_its_outer_step(movielens, monkeypa
     """Measured on the paper preset (benchmarks/NOTES.md, session 33): one float32 NaN
     meta-gradient at outer step 119 of a 9-hour run, not reproduced on resuming. The step is
     skipped with a warning, the summary left as it was, and the run goes on."""
-    distill_module = importlib.import_module("farzi_fast.farzi.distill")
-    inner_loop = distill_module._inner_loop
+    distill_module = importlib.import_module("farzi_fast.distillation.outer_step")
+    inner_loop = distill_module.inner_loop
 
-    def nan_at_step_2(student, farzi, config, init, real, padding_id, step, *rest):
-        loss, grads, drift = inner_loop(student, farzi, config, init, real, padding_id, step,
-                                        *rest)
+    def nan_at_step_2(student, farzi, config, run, init, real, padding_id, step, *rest):
+        loss, grads, drift = inner_loop(student, farzi, config, run, init, real, padding_id,
+                                        step, *rest)
         return loss, [g * math.nan for g in grads] if step == 2 else grads, drift
 
-    monkeypatch.setattr(distill_module, "_inner_loop", nan_at_step_2)
+    monkeypatch.setattr(distill_module, "inner_loop", nan_at_step_2)
     soft = []
     with pytest.warns(RuntimeWarning, match=r"outer step 2 is not finite.*skipped.*1 in a row"):
-        summary = distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=4,
+        summary = run_distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=4,
                           callback=lambda step, loss, farzi: soft.append(
                               farzi.soft().detach().clone()), **DISTILL)
     assert summary.skipped_steps == [2] and len(soft) == 4
@@ -365,16 +366,16 @@ def test_a_chaotic_inner_loop_is_named_when_its_meta_gradient_is_not_finite(movi
     """Measured (benchmarks/NOTES.md, session 13): 100 SASRec steps at lr 1e-2 from scratch
     amplified rounding until the engine's reconstructed states were off by 2.9e9 times their
     size, and the float32 meta-gradient was NaN. The error must say so, and what to change."""
-    distill_module = importlib.import_module("farzi_fast.farzi.distill")
-    inner_loop = distill_module._inner_loop
+    distill_module = importlib.import_module("farzi_fast.distillation.outer_step")
+    inner_loop = distill_module.inner_loop
 
     def chaotic(*args):
         loss, grads, _ = inner_loop(*args)
-        first = args[7] == 0  # the outer step's first loop; the second is well reconstructed
+        first = args[8] == 0  # the outer step's first loop; the second is well reconstructed
         return loss, [g * math.nan for g in grads], drift if first else 0.5
 
-    monkeypatch.setattr(distill_module, "_inner_loop", chaotic)
+    monkeypatch.setattr(distill_module, "inner_loop", chaotic)
     with pytest.raises(FloatingPointError, match=found + r": the inner loop is chaotic at "
                        r"inner_lr 0\.01 and inner_steps 3, lower"):
-        distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
+        run_distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
                 **(DISTILL | dict(meta_batch=2, skip_nonfinite=0)))

@@ -12,9 +12,9 @@ import torch
 pd = pytest.importorskip("pandas", reason="pandas is in the [data] and [test] extras")
 
 from farzi_fast.cli import main as cli  # noqa: E402
-from farzi_fast.farzi.data import load_movielens_100k  # noqa: E402
-from farzi_fast.farzi.interactions import load_interactions  # noqa: E402
-from farzi_fast.farzi.summary import FarziData  # noqa: E402
+from farzi_fast.data import load_movielens_100k  # noqa: E402
+from farzi_fast.data.interactions import load_interactions  # noqa: E402
+from farzi_fast.distillation.summary import FarziData  # noqa: E402
 
 
 def movielens_frame(data_dir):
@@ -90,7 +90,7 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
     small = ["--max-len", "6", "--dim", "8", "--layers", "1"]
     assert cli(["distill", *source, *small, "--out", str(run), "--size", "3x4",
                 "--inner-steps", "2", "--outer-steps", "2", "--pretrained-students", "1",
-                "--pretrain-steps", "4", "--eval-every", "0", "--outer-batch", "8",
+                "--pretrain-steps", "4", "--validate-every", "0", "--outer-batch", "8",
                 "--quiet"]) == 0
     assert "1 users with fewer than 3 interactions dropped" in capsys.readouterr().err
     assert json.loads((run / "config.json").read_text())["dropped_users"] == 1
@@ -146,7 +146,7 @@ def test_a_summary_of_other_data_is_refused(tmp_path, capsys):
     assert cli(["distill", "--interactions", str(log), "--max-len", "6", "--dim", "8",
                 "--layers", "1", "--out", str(run), "--size", "2x3", "--inner-steps", "1",
                 "--outer-steps", "1", "--pretrained-students", "1", "--pretrain-steps", "2",
-                "--eval-every", "0", "--quiet"]) == 0
+                "--validate-every", "0", "--quiet"]) == 0
     capsys.readouterr()
     student = tmp_path / "student.pt"
     assert cli(["train", "--interactions", str(other), "--max-len", "6", "--dim", "8",
@@ -169,7 +169,7 @@ def write_corpus(path, lines=60):
 
 
 def test_text_word_level_holds_out_lines_and_tokenizers_load(tmp_path):
-    from farzi_fast.farzi.text import load_text
+    from farzi_fast.data.text import load_text
 
     corpus = tmp_path / "train.txt"
     write_corpus(corpus)
@@ -203,7 +203,7 @@ def test_own_text_distill_and_export_in_words(tmp_path, capsys):
     assert cli(["distill", "--text", str(corpus), "--max-len", "6", "--dim", "8", "--heads", "1",
                 "--layers", "1", "--out", str(run), "--size", "2x4", "--inner-steps", "1",
                 "--outer-steps", "1", "--pretrained-students", "1", "--pretrain-steps", "2",
-                "--eval-every", "0", "--quiet"]) == 0
+                "--validate-every", "0", "--quiet"]) == 0
     capsys.readouterr()
     assert cli(["export", str(run), "--greedy"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

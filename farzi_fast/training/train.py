@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .summary import soft_padding
+from ..models import soft_padding
 
 
 def hard_loss(model: nn.Module, batch: torch.Tensor, padding_id: int | None = None) -> torch.Tensor:

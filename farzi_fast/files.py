@@ -92,3 +92,29 @@ def safe_load(path, what: str) -> dict:
         raise ValueError(f"{path} is damaged: its content does not match the digest stored "
                          f"in it")
     return state
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path) -> list[dict]:
+    """The entries of a JSON-lines file. A torn last line (its writer was killed while
+    writing it) is dropped; a broken line before it means the file is damaged."""
+    import json
+
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number} is not a JSON line; the file is damaged "
+                             f"(move it away to resume without it)") from None
+    return entries

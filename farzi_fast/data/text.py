@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .data import LanguageData, word_level
+from .datasets import LanguageData, word_level
 
 HELD_OUT = 0.05  # of the training lines, for each missing split
 

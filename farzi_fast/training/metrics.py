@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .data import PADDING_ID
+from ..data.datasets import PADDING_ID
 
 
 def ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor,

@@ -11,18 +11,12 @@ import torch
 from torch import nn
 
 from .._checks import require_int
-from .files import atomic_save, safe_load
+from ..files import atomic_save, safe_load
+from ..models import soft_padding
 
 FORMAT = "farzi_fast.FarziData"
 # 2: optional decoder (direct logits), integrity digest; optional vocabulary and padding id
 VERSION = 2
-
-
-def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
-    """Which positions of soft sequences (... × seq × vocab) are padding: those holding most
-    of their mass on `padding_id`, as a summary's positions before a short history do (a
-    left-padded history, softly). None without a padding id."""
-    return None if padding_id is None else x[..., padding_id] > 0.5
 
 
 def probability_floor(dtype: torch.dtype) -> float:

@@ -11,9 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import require_int
-from .data import PADDING_ID
-from .summary import soft_padding
+from ._checks import require_int
+from .data.datasets import PADDING_ID
+
+
+def soft_padding(x: torch.Tensor, padding_id: int | None) -> torch.Tensor | None:
+    """Which positions of soft sequences (... × seq × vocab) are padding: those holding most
+    of their mass on `padding_id`, as a summary's positions before a short history do (a
+    left-padded history, softly). None without a padding id."""
+    return None if padding_id is None else x[..., padding_id] > 0.5
 
 
 def check_inputs(x: torch.Tensor, vocab_size: int, max_len: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .data import RecommendationData
+from .datasets import RecommendationData
 
 # Column names tried, in order, when none is given.
 DEFAULT_COLUMNS = {"user": ("user", "user_id", "userId", "userid"),

@@ -1,0 +1,1 @@
+"""One module per `farzi-fast` command, each with `run(args) -> exit code`."""

@@ -1,0 +1,197 @@
+"""`farzi-fast distill`: a preset, changed by the options given, distilled into a run folder:
+config.json (every setting), log.jsonl (a line per outer step and per validation),
+checkpoint.pt (atomic, for --resume), farzi.pt (the summary) and distill.png."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ...distillation.config import DistillConfig, RunOptions
+from ...distillation.outer_loop import distill
+from ...distillation.checkpoint import changed_settings
+from ...distillation.parallel import Ranks
+from ...distillation.presets import Preset
+from ...distillation.reports import plot_log
+from ...files import atomic_write_text, read_jsonl, safe_load
+from ...student_spec import StudentSizes
+from ...training import Recipe, fit
+from ..options import as_options, given
+from ..sources import data_preset, load_source
+
+RUN_FORMAT = 2  # of config.json: a run folder of another format is refused on --resume
+
+
+def chosen_preset(args) -> Preset:
+    """The data's preset `--preset`, with every setting given on the command line."""
+    changes = given(args, DistillConfig, skip=("seed",)) | given(args, StudentSizes)
+    changes |= {k: getattr(args, k) for k in ("max_len", "validate_every")
+                if getattr(args, k) is not None}
+    changes["seed"] = args.seed
+    if changes.get("pretrain_steps") and "teacher_steps" not in changes:
+        # the teacher is the first pretrained student as trained, unless told otherwise
+        changes["teacher_steps"] = changes["pretrain_steps"]
+    base = data_preset(args, args.preset)
+    try:
+        chosen = base.replace(**changes)
+    except ValueError as error:
+        raise as_options(error, base.settings()) from None
+    architectures = [args.architecture, *args.also_students]
+    if len(set(architectures)) < len(architectures):
+        raise ValueError(f"--also-students {' '.join(args.also_students)} repeats an "
+                         f"architecture (--architecture {args.architecture}): name each once")
+    return chosen
+
+
+def run_settings(args, chosen: Preset) -> dict:
+    """What defines the run, for config.json: every setting, the data and the validation
+    recipe (device and verbosity may change on resume)."""
+    settings = {"format": RUN_FORMAT, **chosen.settings(), "preset": args.preset,
+                "architectures": [args.architecture, *args.also_students],
+                "train_steps": args.train_steps, "train_lr": args.train_lr}
+    for name in ("dataset", "data", "interactions", "text", "valid", "test", "tokenizer",
+                 "bpe_vocab", "sep", "user_col", "item_col", "time_col", "title_col"):
+        value = getattr(args, name)
+        # one spelling of a path
+        settings[name] = str(Path(value).resolve()) if value and name in (
+            "data", "interactions", "text", "valid", "test", "tokenizer") else value
+    return settings
+
+
+def check_folder(out: Path, settings: dict, resume: bool) -> None:
+    """Refuse a file as --out, a run already there without --resume, and a resume with
+    other settings."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    config_file = out / "config.json"
+    if not config_file.exists():
+        return
+    if not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
+                         f"another --out")
+    try:
+        saved = json.loads(config_file.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{config_file} is damaged (not JSON); start a new run in another "
+                         f"--out") from None
+    if saved.get("format") != RUN_FORMAT:
+        raise ValueError(f"{out} was written by an older farzi-fast (run format "
+                         f"{saved.get('format', 1)}); start a new run in another --out")
+    different = changed_settings(saved, settings)
+    if different:
+        raise ValueError("refusing to resume with a different configuration: " + ", ".join(
+            f"{k}: {a!r} -> {b!r}" for k, (a, b) in different.items()))
+
+
+def run(args) -> int:
+    chosen = chosen_preset(args)
+    ranks = Ranks.of()
+    if chosen.config.meta_batch % ranks.world:
+        raise ValueError(f"--meta-batch {chosen.config.meta_batch} is not divisible by the "
+                         f"{ranks.world} processes: each runs the same number of inner loops")
+    out = Path(args.out)
+    settings = run_settings(args, chosen)
+    check_folder(out, settings, args.resume)
+    task = load_source(args, chosen.max_len)  # fails before anything is written
+    if args.interactions:
+        settings["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
+    torch.manual_seed(args.seed)
+    architectures = settings["architectures"]
+    sizes = chosen.student
+
+    def make(architecture):
+        """A fresh student; a refusal names the options as typed."""
+        try:
+            return task.student(**asdict(sizes), architecture=architecture)
+        except ValueError as error:
+            raise as_options(error, asdict(sizes)) from None
+
+    students = [make(a) for a in architectures]
+    rows = task.train_rows()
+    checkpoint = out / "checkpoint.pt"
+    options = RunOptions(device=args.device, checkpoint=checkpoint,
+                         checkpoint_every=args.checkpoint_every, resume=args.resume,
+                         skip_nonfinite=args.skip_nonfinite)
+    validate_every = chosen.validate_every
+    ranks.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if not ranks.leader:  # the others compute, and read the checkpoint on --resume
+        distill(students, rows, chosen.config, options,
+                validate=_validated_on_rank_0 if validate_every else None,
+                validate_every=validate_every)
+        ranks.barrier()  # leave together, once rank 0 has written the run's files
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for orphan in out.glob(".*.tmp"):  # temporary files of writes a kill interrupted
+        orphan.unlink()
+    atomic_write_text(out / "config.json", json.dumps(settings, indent=2) + "\n")
+    log = RunLog(out / "log.jsonl", checkpoint if args.resume else None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=chosen.config.outer_steps, initial=log.start_step, desc="distill",
+               unit="step", file=sys.stderr, disable=args.quiet)
+    recipe = Recipe(lr=args.train_lr, max_steps=args.train_steps,
+                    eval_every=max(1, min(50, args.train_steps)), patience=4)
+    sign = 1.0 if task.higher_is_better else -1.0
+
+    def validate(step, farzi):
+        """A student of each architecture trained on the summary: their mean metrics."""
+        each = {a: fit(lambda: make(a).to(args.device), farzi.soft().detach(), task, recipe,
+                       seed=args.seed).valid for a in architectures}
+        valid = {k: statistics.mean(v[k] for v in each.values())
+                 for k in next(iter(each.values()))}
+        log.write({"step": step, "valid": valid, "entropy": farzi.entropy()} |
+                  ({"valid_each": each} if len(each) > 1 else {}))
+        bar.set_postfix(valid=f"{valid[task.metric]:.4f}")
+        return sign * valid[task.metric]
+
+    def on_step(step, meta_loss, farzi):
+        log.write({"step": step, "meta_loss": meta_loss, "seconds": log.seconds()})
+        bar.set_postfix(meta_loss=f"{meta_loss:.4f}")
+        bar.update(1)
+
+    farzi = distill(students, rows, chosen.config, options,
+                    validate=validate if validate_every else None,
+                    validate_every=validate_every, callback=on_step)
+    bar.close()
+    farzi.describe(task.vocabulary, task.titles)  # the summary reads in the data's own ids
+    farzi.save(out / "farzi.pt")
+    plot_log(out / "log.jsonl", out / "distill.png", task.metric)
+    print(json.dumps({"farzi": str(out / "farzi.pt"), "size": list(farzi.size),
+                      "selected_step": farzi.selected_step}))
+    ranks.barrier()
+    return 0
+
+
+class RunLog:
+    """A run's log.jsonl, kept consistent with the checkpoint a run resumes from: entries
+    after its step are dropped, and seconds count on from the kept entries'."""
+
+    def __init__(self, path: Path, checkpoint: Path | None):
+        self.path = path
+        self.start_step = 0
+        if checkpoint is not None and checkpoint.exists():
+            self.start_step = safe_load(checkpoint, "distill checkpoint").get("step", 0)
+        entries = []
+        if checkpoint is not None and path.exists():
+            entries = [e for e in read_jsonl(path) if e["step"] <= self.start_step]
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
+        self.began = time.perf_counter() - max((e.get("seconds", 0.0) for e in entries),
+                                               default=0.0)
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.began, 3)
+
+    def write(self, entry: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _validated_on_rank_0(step, farzi):
+    """What the other ranks pass as `validate`: distill() calls it on rank 0 only."""
+    raise AssertionError("validation runs on rank 0")
