@@ -24,8 +24,15 @@ import torch
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .report import write_report
-from .students import (MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, add_options, chosen_students,
-                       tiny_mlp_problem, unrolled_fits)
+from .students import (
+    MEMORY_BUDGET_MB,
+    PROBLEMS,
+    WORKLOADS,
+    add_options,
+    chosen_students,
+    tiny_mlp_problem,
+    unrolled_fits,
+)
 from .timing import device_name
 
 STUDENTS = {"tiny MLP": tiny_mlp_problem, **PROBLEMS, **WORKLOADS}

@@ -27,19 +27,19 @@ import dataclasses
 import json
 import statistics
 import time
-import tomllib
 from pathlib import Path
 
+import tomllib
 import torch
 
 from farzi_fast import DistillConfig, RunOptions, distill
 from farzi_fast.cli.options import non_negative, positive
+from farzi_fast.distillation.presets import preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
+from farzi_fast.distillation.summary import FarziData
 from farzi_fast.files import atomic_save, safe_load
 from farzi_fast.training.metrics import score_recommendations
-from farzi_fast.distillation.presets import preset
 from farzi_fast.training.protocol import Recipe, fit, fit_and_test, popularity_summary
-from farzi_fast.distillation.summary import FarziData
 from farzi_fast.training.train import random_subset
 
 from .report import write_report
@@ -288,7 +288,7 @@ def start_source(label: str) -> str:
 
 def start_run(results, task, cfg, device, seed: int, variant: str = "default"):
     """The teacher-labelled summary distill() would start seed's run from, evaluated without
-    the outer loop (which moved nothing measurably at CPU budgets, benchmarks/NOTES.md): a
+    the outer loop (which moved nothing measurably at CPU budgets with the pool loops): a
     measurement of a preset's start at a fraction of a run's cost. Only the first pool
     student is pretrained: it alone makes the teacher, and it trains the same whether or not
     others follow it."""

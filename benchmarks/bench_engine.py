@@ -41,13 +41,20 @@ from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
 from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient
 from .report import write_report
-from .students import (MEMORY_BUDGET_MB, PROBLEMS, WORKLOADS, add_options, chosen_students,
-                       mlp_problem, unrolled_fits)
+from .students import (
+    MEMORY_BUDGET_MB,
+    PROBLEMS,
+    WORKLOADS,
+    add_options,
+    chosen_students,
+    mlp_problem,
+    unrolled_fits,
+)
 from .timing import device_name, interleaved_medians, peak_resident_mb, resident_mb, sync
 
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
 # on which the Adam math is a large share of a step: what the fused kernels can speed up is
-# that share (benchmarks/NOTES.md, "engine").
+# that share (research/NOTES.md, "engine").
 STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512), **WORKLOADS}
 
 

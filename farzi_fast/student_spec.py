@@ -19,7 +19,7 @@ class StudentSizes:
     layers: int = field(metadata={"help": "layers (blocks of the CNN)"})
     dropout: float = field(metadata={"help": "dropout rate"})
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("dim", "heads", "layers"):
             require_int(name, getattr(self, name))
         if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:

@@ -13,9 +13,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from tests.models import run_distill
 from farzi_fast.data import load_movielens_100k
 from farzi_fast.models import sasrec
+from tests.models import run_distill
 
 
 def main():

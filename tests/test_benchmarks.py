@@ -186,7 +186,7 @@ def test_distill_benchmark_variant_distils_with_every_architecture_it_names(
         data_dir, tmp_path, monkeypatch):
     """--variant sasrec-gru: the inner loops get a SASRec and a GRU4Rec, and the summary is
     kept by the mean validation score of both."""
-    from farzi_fast.models import GRU4Rec, CausalTransformer
+    from farzi_fast.models import CausalTransformer, GRU4Rec
 
     bench_distill, task, cfg = tiny_distill_benchmark(data_dir, monkeypatch,
                                                       eval_students=["transformer"])

@@ -15,8 +15,13 @@ import torch
 from torch import nn
 
 import farzi_fast
-from farzi_fast.engine import (NonFiniteError, meta_gradient, unroll, unrolled_meta_gradient,
-                               unrolled_sgd)
+from farzi_fast.engine import (
+    NonFiniteError,
+    meta_gradient,
+    unroll,
+    unrolled_meta_gradient,
+    unrolled_sgd,
+)
 
 from .models import language_problem, mlp, regression_problem, tiny_transformer
 

@@ -10,16 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from farzi_fast import FarziData, distill
+from farzi_fast import FarziData
 from farzi_fast.cli import main as cli
-from farzi_fast.files import read_jsonl as read_log
-from farzi_fast.data import load_movielens_100k, load_ptb
-from farzi_fast.data import PADDING_ID
+from farzi_fast.data import PADDING_ID, load_movielens_100k, load_ptb
 from farzi_fast.distillation import DistillConfig, RunOptions
 from farzi_fast.distillation.start import default_teacher, pretrained_pool, teacher_sequences
+from farzi_fast.files import read_jsonl as read_log
+from farzi_fast.models import gru4rec, nextitnet, sasrec, transformer_lm
 from farzi_fast.training.metrics import ranking_metrics, score_recommendations
 from farzi_fast.training.protocol import Recipe
-from farzi_fast.models import gru4rec, nextitnet, sasrec, transformer_lm
 from farzi_fast.training.train import hard_loss, soft_loss
 
 from .models import run_distill

@@ -21,8 +21,8 @@ import torch
 
 from farzi_fast import FarziData
 from farzi_fast.cli import main as cli
-from farzi_fast.training.metrics import ranking_metrics
 from farzi_fast.models import sasrec
+from farzi_fast.training.metrics import ranking_metrics
 
 from .models import run_distill
 from .test_farzi import DISTILL, tiny_student
@@ -336,7 +336,7 @@ def test_a_nan_meta_gradient_never_reaches_the_summary(movielens):
 
 
 def test_a_rare_nonfinite_meta_gradient_skips_its_outer_step(movielens, monkeypatch):
-    """Measured on the paper preset (benchmarks/NOTES.md, session 33): one float32 NaN
+    """Measured on the paper preset (docs/design.md, "Non-finite outer steps"): one float32 NaN
     meta-gradient at outer step 119 of a 9-hour run, not reproduced on resuming. The step is
     skipped with a warning, the summary left as it was, and the run goes on."""
     distill_module = importlib.import_module("farzi_fast.distillation.outer_step")
@@ -363,7 +363,7 @@ def test_a_rare_nonfinite_meta_gradient_skips_its_outer_step(movielens, monkeypa
 def test_a_chaotic_inner_loop_is_named_when_its_meta_gradient_is_not_finite(movielens,
                                                                            monkeypatch, drift,
                                                                            found):
-    """Measured (benchmarks/NOTES.md, session 13): 100 SASRec steps at lr 1e-2 from scratch
+    """Measured (docs/design.md, "Anchors"): 100 SASRec steps at lr 1e-2 from scratch
     amplified rounding until the engine's reconstructed states were off by 2.9e9 times their
     size, and the float32 meta-gradient was NaN. The error must say so, and what to change."""
     distill_module = importlib.import_module("farzi_fast.distillation.outer_step")

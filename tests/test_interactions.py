@@ -207,5 +207,5 @@ def test_own_text_distill_and_export_in_words(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["export", str(run), "--greedy"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    words = set((corpus.read_text().split())) | {"<eos>", "<unk>"}
+    words = set(corpus.read_text().split()) | {"<eos>", "<unk>"}
     assert len(rows) == 8 and all(r["item"] in words for r in rows)

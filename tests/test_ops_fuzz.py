@@ -6,7 +6,8 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is in the [test] extra")
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from farzi_fast import ops  # noqa: E402
 from farzi_fast.ops import available_backends  # noqa: E402

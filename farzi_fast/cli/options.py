@@ -7,8 +7,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .._checks import require_positive
+
+# an argparse parser or argument group
+Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
 _SIZE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)", re.ASCII)
 
@@ -22,7 +27,7 @@ def size(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def count(minimum: int):
+def count(minimum: int) -> Callable[[str], int]:
     """An argparse type: a plain decimal integer >= minimum (no signs, underscores or
     non-ASCII digits, which int() would accept)."""
     def parse(text: str) -> int:
@@ -45,7 +50,7 @@ def rate(text: str) -> float:
 
 
 # an annotation of a config field -> the argparse type that reads it
-_TYPES = {"int": non_negative, "int | None": non_negative, "float": float,
+_TYPES: dict[str, Any] = {"int": non_negative, "int | None": non_negative, "float": float,
           "tuple[int, int]": size, "str": str}
 
 
@@ -54,7 +59,7 @@ def option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_fields(parser, cls, skip: tuple[str, ...] = ()) -> None:
+def add_fields(parser: Parser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One option per field of the dataclass `cls` (but `skip`), default None: unset."""
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -64,20 +69,20 @@ def add_fields(parser, cls, skip: tuple[str, ...] = ()) -> None:
             parser.add_argument(option(field.name), action="store_const", const=True,
                                 default=None, help=meta.get("help"))
             continue
-        kind = "tuple[int, int]" if field.name == "size" else field.type
+        kind = "tuple[int, int]" if field.name == "size" else str(field.type)
         parser.add_argument(option(field.name), type=_TYPES[kind], default=None,
                             choices=meta.get("choices"),
                             metavar="MUxXI" if field.name == "size" else None,
                             help=meta.get("help"))
 
 
-def given(args, cls, skip: tuple[str, ...] = ()) -> dict:
+def given(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict:
     """The fields of `cls` set on the command line, name -> value."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
             if f.name not in skip and getattr(args, f.name, None) is not None}
 
 
-def as_options(error: ValueError, names) -> ValueError:
+def as_options(error: ValueError, names: Iterable[str]) -> ValueError:
     """`error` with the settings in `names` spelled as the command line's options."""
     message = str(error)
     for name in names:

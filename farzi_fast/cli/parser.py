@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Any
 
 from ..distillation.config import DistillConfig, RunOptions
 from ..distillation.presets import NAMES, preset
 from ..student_spec import ARCHITECTURES, StudentSizes
 from .options import add_fields, non_negative, positive, rate
+
+Subparsers = Any  # argparse's _SubParsersAction, private
 
 DESCRIPTION = """Farzi data distillation from the command line: distill a data set into a few
 soft synthetic sequences, train and evaluate students on it, export and inspect it.
@@ -30,13 +33,13 @@ class _DefaultsHelp(argparse.RawDescriptionHelpFormatter,
     """Appends an option's default to its help where there is one to show: not None (unset:
     the preset's, which the help says in words) and not where the help gives it already."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
-def _source(parser, required: bool = True) -> None:
+def _source(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """Where the data comes from: a named data set, a user's interaction log, or a text."""
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--dataset", choices=["ml-100k", "ptb"])
@@ -63,7 +66,7 @@ def _source(parser, required: bool = True) -> None:
                         help="column of --interactions naming the items (kept for export)")
 
 
-def _student(parser) -> None:
+def _student(parser: argparse.ArgumentParser) -> None:
     """The data, the student's architecture and sizes (unset: the preset's), device, seed."""
     _source(parser)
     parser.add_argument("--max-len", type=positive, default=None,
@@ -83,7 +86,7 @@ def _student(parser) -> None:
     parser.add_argument("--seed", type=non_negative, default=0)
 
 
-def _distill(sub, formatter) -> None:
+def _distill(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     d = sub.add_parser("distill", help="distill a data set into a FarziData summary",
                        formatter_class=formatter,
                        description="Distill a data set into a FarziData summary in --out. "
@@ -123,7 +126,7 @@ def _distill(sub, formatter) -> None:
     d.set_defaults(command="distill")
 
 
-def _train(sub, formatter) -> None:
+def _train(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     t = sub.add_parser("train", help="train a student on the full data, a random subset or a "
                                      "summary, save it and print its test metrics",
                        formatter_class=formatter)
@@ -138,7 +141,7 @@ def _train(sub, formatter) -> None:
     t.set_defaults(command="train")
 
 
-def _evaluate(sub, formatter) -> None:
+def _evaluate(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     e = sub.add_parser("evaluate", help="metrics of a saved student on valid and test",
                        formatter_class=formatter)
     _source(e)
@@ -147,7 +150,7 @@ def _evaluate(sub, formatter) -> None:
     e.set_defaults(command="evaluate")
 
 
-def _export(sub, formatter) -> None:
+def _export(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     x = sub.add_parser("export", help="a summary's synthetic sequences in the data's own ids",
                        formatter_class=formatter)
     x.add_argument("run", help="a distill --out folder, or a farzi.pt")
@@ -165,7 +168,7 @@ def _export(sub, formatter) -> None:
     x.set_defaults(command="export", device="cpu")
 
 
-def _inspect(sub, formatter) -> None:
+def _inspect(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     i = sub.add_parser("inspect", help="a short human summary of a summary, and a PNG",
                        formatter_class=formatter)
     i.add_argument("run", help="a distill --out folder, or a farzi.pt")

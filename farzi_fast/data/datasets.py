@@ -204,7 +204,7 @@ def load_ptb(path=None) -> LanguageData:
     data has only the first quarter of the training file (see its README)."""
     folder = find_file("ptb", "ptb.train.txt", path).parent  # all splits from one folder
     files = {split: folder / f"ptb.{split}.txt" for split in ("train", "valid", "test")}
-    for split, file in files.items():
+    for file in files.values():
         if not file.is_file():
             raise FileNotFoundError(f"ptb: {file.name} not found beside ptb.train.txt in "
                                     f"{folder}; the three splits must come from one folder")

@@ -23,7 +23,7 @@ INITS = ("teacher", "random")
 INNER_OPTIMIZERS = ("adam", "sgd")
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", **metadata) -> Any:
+def setting(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
     """A dataclass field with its command-line help."""
     return field(default=default, metadata={"help": help, **metadata})
 
@@ -82,7 +82,7 @@ class DistillConfig:
                     "one-off compilation, rounded differently")
     seed: int = setting(0, help="seed of every random draw of the run")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         size = self.size
         if (not isinstance(size, (tuple, list)) or len(size) != 2
                 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)):
@@ -166,7 +166,7 @@ class RunOptions:
     anchor_head: int | None = None
     skip_nonfinite: int = 3
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("checkpoint_every", "check_every", "skip_nonfinite"):
             require_int(name, getattr(self, name), minimum=0)
         if not isinstance(self.resume, bool):
@@ -175,4 +175,4 @@ class RunOptions:
 
 def field_metadata(name: str, of: type = DistillConfig) -> dict:
     """The metadata (help, choices) of field `name` of `of`."""
-    return next(f.metadata for f in dataclasses.fields(of) if f.name == name)
+    return next(dict(f.metadata) for f in dataclasses.fields(of) if f.name == name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ Callback = Callable[[int, float, FarziData], None]
 
 
 def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
-            config: DistillConfig, run: RunOptions = RunOptions(), *,
+            config: DistillConfig, run: RunOptions | None = None, *,
             teacher: nn.Module | None = None, validate: Validate | None = None,
             validate_every: int = 0, callback: Callback | None = None) -> FarziData:
     """Distill real sequences into a FarziData summary of `config.size`.
@@ -47,7 +47,7 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
         train: long tensor of real rows, rows × (L + 1) ids (0 pads recommendation rows).
         config: what defines the summary (`DistillConfig`).
         run: how the run executes: device, checkpoint, resume, process group
-            (`RunOptions`); none of it changes the summary.
+            (`RunOptions`; default: `RunOptions()`); none of it changes the summary.
         teacher: a model over the same vocabulary whose next-item distributions label the
             initial sequences (default: the first pretrained student, trained on).
         validate: `validate(step, farzi) -> score` (higher is better), run at the start,
@@ -77,6 +77,7 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
     """
     if not isinstance(config, DistillConfig):
         raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+    run = RunOptions() if run is None else run
     if not isinstance(run, RunOptions):
         raise TypeError(f"run must be a RunOptions, got {type(run).__name__}")
     students = _as_list(students)

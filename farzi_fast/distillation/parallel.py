@@ -29,7 +29,7 @@ class Ranks:
     world: int = 1
 
     @classmethod
-    def of(cls, group=None) -> "Ranks":
+    def of(cls, group=None) -> Ranks:
         """The given group, else the default one when the user (or torchrun) initialised
         torch.distributed, else a single process."""
         if group is None and dist.is_available() and dist.is_initialized():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from .._checks import require_int
 from ..student_spec import StudentSizes
@@ -35,7 +36,7 @@ class Preset:
     config: DistillConfig
     validate_every: int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         require_int("max_len", self.max_len, minimum=2)
         require_int("validate_every", self.validate_every, minimum=0)
         if self.config.size[1] > self.max_len:
@@ -43,7 +44,7 @@ class Preset:
             raise ValueError(f"size {mu}x{xi} holds sequences longer than max_len "
                              f"{self.max_len}: the students could not read them")
 
-    def replace(self, **changes) -> Preset:
+    def replace(self, **changes: Any) -> Preset:
         """A copy with `changes` (setting name -> value) applied wherever each is defined:
         max_len, validate_every, a StudentSizes field or a DistillConfig field."""
         student_names = {f.name for f in dataclasses.fields(StudentSizes)}

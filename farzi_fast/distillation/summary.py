@@ -25,7 +25,7 @@ def probability_floor(dtype: torch.dtype) -> float:
     1 / eps), and they stay far above the subnormal range, where log(tiny), the floor
     before, put one-hot positions (a summary's padding): Intel cores multiply subnormals
     slowly, and the paper preset's outer steps, half padding, took 127 s instead of 46 s on
-    an Intel Xeon (an AMD EPYC took no such penalty; benchmarks/NOTES.md, session 29)."""
+    an Intel Xeon (an AMD EPYC took no such penalty; docs/design.md, "The start")."""
     return torch.finfo(dtype).eps ** 2
 
 
@@ -68,7 +68,7 @@ class FarziData(nn.Module):
     @classmethod
     def from_distributions(cls, probs: torch.Tensor, latent_dim: int | None = 8,
                            temperature: float = 1.0, generator: torch.Generator | None = None,
-                           fit_steps: int = 500) -> "FarziData":
+                           fit_steps: int = 500) -> FarziData:
         """The summary closest to the soft sequences `probs` (μ × ξ × V, rows summing to 1):
         exact logits when unfactorised; otherwise (Z, M) fitted by `fit_steps` Adam steps
         on the cross-entropy to `probs` (a factorised summary cannot hold every target)."""
@@ -156,13 +156,13 @@ class FarziData(nn.Module):
         for name, names in (("vocabulary", vocabulary), ("titles", titles)):
             if names is not None and (not isinstance(names, list) or len(names) != self.vocab_size
                                       or not all(isinstance(x, str) for x in names)):
+                got = len(names) if isinstance(names, list) else type(names).__name__
                 raise ValueError(f"{name} must be a list of {self.vocab_size} strings (one per "
-                                 f"id of the summary), got "
-                                 f"{len(names) if isinstance(names, list) else type(names).__name__}")
+                                 f"id of the summary), got {got}")
         self.vocabulary, self.titles = vocabulary, titles
 
     @classmethod
-    def load(cls, path, device=None) -> "FarziData":
+    def load(cls, path, device=None) -> FarziData:
         state = safe_load(path, "FarziData")
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a FarziData file (no {FORMAT!r} marker)")

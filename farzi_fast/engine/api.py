@@ -16,7 +16,7 @@ from .flat import FlatLayout, FunctionalModel
 from .inner import DriftReport, InnerProblem, per_meta, run_forward, run_reverse
 
 # Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
-# Two effects need them (measurements in benchmarks/NOTES.md, "anchors"):
+# Two effects need them (docs/design.md, "Anchors"):
 # - reconstructing m divides by beta1 every step, so errors grow like beta1^-K between
 #   anchors K steps apart (float32 pure reversal is NaN by T = 300);
 # - in Adam's first steps the bias-corrected update is nearly g/|g|, whose derivative the
@@ -163,7 +163,7 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     and pays the compilation once per process and model shape (~10-60 s), so it is for long
     runs. The reverse pass then runs its steps in turn (no overlap of halves). Results agree
     with the eager engine to rounding, not bit for bit; speed and accuracy on the
-    distillation workload: benchmarks/NOTES.md, session 28.
+    distillation workload: docs/design.md, "Anchors".
     """
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend, compile)

@@ -23,7 +23,7 @@ class FlatLayout:
     device: torch.device
 
     @classmethod
-    def of(cls, model: nn.Module) -> "FlatLayout":
+    def of(cls, model: nn.Module) -> FlatLayout:
         """The layout of `model`'s floating-point parameters that require grad (the trained
         ones; frozen parameters are passed to the model as constants)."""
         if not isinstance(model, nn.Module):

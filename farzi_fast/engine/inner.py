@@ -53,7 +53,7 @@ class InnerProblem:
         gradient's relative rounding; Inductor's reductions round worse than ATen's cascade
         sums (bias gradients: 3e-7 against 1e-7), and with step 1 compiled too the float32
         meta-gradient of the SASRec workload was 2.7x less accurate than float32 unrolled
-        autograd's (T = 20), with it eager as accurate (benchmarks/NOTES.md, session 28)."""
+        autograd's (T = 20), with it eager as accurate (docs/design.md, "Anchors")."""
         return self.compiled and t > 1
 
     def is_anchor(self, t: int) -> bool:
@@ -226,7 +226,7 @@ def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftRep
         # w0 is known exactly (kept for this report) and m0 = v0 = 0. Step 1 needs it most:
         # its update is nearly lr * sign(g), so g_bar = dF/dg is a cancellation that turns a
         # 1e-8 relative error in a reconstructed w0 into a 2e-2 error of the float32
-        # meta-gradient on the SASRec workload (benchmarks/NOTES.md, "workload").
+        # meta-gradient on the SASRec workload (docs/design.md, "Anchors").
         report.w0 = _relative(w, state.w0)
         w.copy_(state.w0)
     rng.restore(state.rng_states[t - 1], problem.layout.device)  # step t's own draws
@@ -359,8 +359,8 @@ def _overlapped(items, consume) -> None:
 
 # Overlapping gives each half of the reverse pass half of torch's intra-op threads. That
 # pays while a step's ops are too small for two threads to share them, and costs once they
-# are large enough to use both cores. Measured on 2 cores at T = 50-100 (benchmarks/NOTES.md,
-# "workload"), time / unrolled autograd overlapped vs sequential: small causal Transformer
+# are large enough to use both cores. Measured on 2 cores at T = 50-100, time / unrolled
+# autograd overlapped vs sequential: small causal Transformer
 # (23 MFLOP per step) 0.86 vs 1.12; SASRec distillation workload (1.2 GFLOP) 1.39 vs 1.12.
 # The cut is between them; steps are counted by torch's FlopCounterMode (matmuls,
 # convolutions, attention), deterministically, so a given problem always takes the same path.
@@ -385,7 +385,7 @@ def overlaps(problem: InnerProblem, state: ForwardState) -> bool:
 class _CoresSplit:
     """Halves torch's intra-op threads while two threads compute, and restores them after.
 
-    Measured on 2 cores (benchmarks/NOTES.md): with both threads on 2 intra-op threads each,
+    Measured on 2 cores: with both threads on 2 intra-op threads each,
     OpenMP's spinning workers took the cores from the other thread and overlapping was slower
     than not; with 1 each, a meta-gradient of the benchmark Transformer (T = 100) took 1.24 s
     instead of 1.59 s without overlap. Global while it lasts: torch work on other threads of

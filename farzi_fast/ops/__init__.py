@@ -1,7 +1,7 @@
 """Fused Adam kernels on flat buffers: the forward step and its exact reverse.
 
 Three in-place ops, one contract, four backends (`torch` is the specification; `cpu`, `cuda`,
-`triton` are tested against it). See DESIGN.md for the math. All ops validate every argument
+`triton` are tested against it). See docs/design.md for the math. All ops validate every argument
 before writing anything, so a refused call leaves its buffers unchanged.
 
 Bytes moved per parameter (float32; double them for float64):

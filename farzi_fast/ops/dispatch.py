@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -15,7 +15,7 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _importable(module: str) -> bool:
     try:
         importlib.import_module(module)
@@ -42,7 +42,7 @@ def available_backends() -> list[str]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def backend_module(name: str):
     return importlib.import_module(f"farzi_fast.ops.{name}_backend")
 

@@ -32,7 +32,7 @@ class AdamHyper:
 
     @classmethod
     def checked(cls, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                *, reversible=False) -> "AdamHyper":
+                *, reversible=False) -> AdamHyper:
         """Build from user values; raise TypeError/ValueError naming the bad argument.
 
         `reversible` adds what the reverse step divides by: beta1, beta2 > 0 and

@@ -1,6 +1,6 @@
 """The `torch` backend: plain tensor ops, any float dtype. This is the specification.
 
-Each function computes its results out of place from the formulas of DESIGN.md and copies
+Each function computes its results out of place from the formulas of docs/design.md and copies
 them into the caller's buffers at the end. csrc/adam_math.h mirrors these expressions term for
 term, so the compiled backends agree with this one at round-off.
 """

@@ -5,9 +5,9 @@ TRITON_INTERPRET=1.
 Scalars travel as float64 (`tl.float64` annotations) and become element-type constants through
 `tl.full((), x, dtype)`, like the C++ backends cast their double coefficients; under the
 interpreter (which passes raw Python floats and ignores the annotations) the same call builds
-the constant straight from the double, so float64 stays exact there too. For float32 the kernels divide
-and take square roots with IEEE rounding (`div_rn`, `sqrt_rn`) as torch does; Triton's default
-float32 `/` and `sqrt` are approximate on GPUs.
+the constant straight from the double, so float64 stays exact there too. For float32 the
+kernels divide and take square roots with IEEE rounding (`div_rn`, `sqrt_rn`) as torch does;
+Triton's default float32 `/` and `sqrt` are approximate on GPUs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from .hyper import AdamHyper, step_coefficients
 
 _BLOCK = 1024
 # No contraction of a * b + c into one FMA: the reference rounds the product and the sum
-# apart, and so do the CPU and CUDA builds (benchmarks/NOTES.md, "FMA"). The interpreter
-# (numpy, which never contracts) accepts and ignores the option.
+# apart, and so do the CPU and CUDA builds (docs/design.md, "Rounding across backends"). The
+# interpreter (numpy, which never contracts) accepts and ignores the option.
 _ROUNDING = {"enable_fp_fusion": False}
 
 
@@ -108,7 +108,8 @@ def _reverse_params_block(w_ptr, m_ptr, v_ptr, w_bar_ptr, m_bar_ptr, v_bar_ptr, 
     m_bar = m_bar + w_bar * _div(-step, d, IEEE_FP32)
     v_term = w_bar * _div(step * m, d * d * (2.0 * root_v * tl.full((), bias2_sqrt, dt)), IEEE_FP32)
     v_bar = v_bar + tl.where(v > 0, v_term, 0.0)
-    lr_term = w_bar * (-tl.full((), weight_decay, dt) * w_prev - direction * tl.full((), inv_bias1, dt))
+    lr_term = w_bar * (-tl.full((), weight_decay, dt) * w_prev
+                       - direction * tl.full((), inv_bias1, dt))
     if mask is not None:
         lr_term = tl.where(mask, lr_term, 0.0)
     tl.store(partials_ptr + tl.program_id(0), tl.sum(lr_term.to(tl.float64), axis=0))

@@ -46,7 +46,7 @@ def _check_no_overlap(op: str, named) -> None:
         start = t.data_ptr()
         spans.append((start, start + t.numel() * t.element_size(), name))
     spans.sort()
-    for (s0, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
+    for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ValueError(f"{op}: {n0} and {n1} overlap in memory; every buffer must be "
                              f"its own storage")

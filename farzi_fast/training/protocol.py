@@ -6,8 +6,8 @@ popularity summary, full data) go through the same function."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

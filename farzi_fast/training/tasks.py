@@ -10,12 +10,16 @@ import torch
 from torch import nn
 
 from .._checks import require_int
-from ..data.datasets import (PADDING_ID, LanguageData, RecommendationData, load_movielens_100k,
-                   load_ptb)
-from .metrics import evaluate_recommender, perplexity
-from ..student_spec import ARCHITECTURES
+from ..data.datasets import (
+    PADDING_ID,
+    LanguageData,
+    RecommendationData,
+    load_movielens_100k,
+    load_ptb,
+)
 from ..models import CausalCNN, GRU4Rec, gru4rec, nextitnet, sasrec, transformer_lm
-
+from ..student_spec import ARCHITECTURES
+from .metrics import evaluate_recommender, perplexity
 
 
 @dataclass

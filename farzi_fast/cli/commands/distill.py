@@ -5,17 +5,17 @@ checkpoint.pt (atomic, for --resume), farzi.pt (the summary) and distill.png."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ...distillation.checkpoint import changed_settings
 from ...distillation.config import DistillConfig, RunOptions
 from ...distillation.outer_loop import distill
-from ...distillation.checkpoint import changed_settings
 from ...distillation.parallel import Ranks
 from ...distillation.presets import Preset
 from ...distillation.reports import plot_log
@@ -141,7 +141,7 @@ def run(args) -> int:
 
     def validate(step, farzi):
         """A student of each architecture trained on the summary: their mean metrics."""
-        each = {a: fit(lambda: make(a).to(args.device), farzi.soft().detach(), task, recipe,
+        each = {a: fit(lambda a=a: make(a).to(args.device), farzi.soft().detach(), task, recipe,
                        seed=args.seed).valid for a in architectures}
         valid = {k: statistics.mean(v[k] for v in each.values())
                  for k in next(iter(each.values()))}
