@@ -88,6 +88,9 @@ VARIANTS, LOOPS = _read_variants()
 # students that score it (fit() draws both from its seed): a summary kept because it suits
 # one initialisation would otherwise be scored by that very initialisation.
 VALIDATION_SEED_OFFSET = 500_009
+# "full data": students on every training event (windows covering each once); the rows named
+# "full data" hold each user's last max_len + 1 training events, the baseline of older tables
+ALL_EVENTS = "full data: every training event"
 EVALUATION = Recipe()  # every number in the table: one recipe for every data source
 VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)  # scoring summaries mid-run
 CHECKPOINT_EVERY = 5  # outer steps between a run's checkpoints (a few seconds each at most)
@@ -142,7 +145,11 @@ def baselines(results, task, cfg, device, draws: int):
                              test=metrics["test"], valid=metrics["valid"], step=0, seconds=0))
     else:
         counts = torch.bincount(task.data.train, minlength=task.data.vocab_size)
-    for seed in range(draws):  # the denominator of every "x full data": a mean too
+    every_event = task.all_events()
+    for seed in range(draws):  # the denominators of "x all events" and "x last L": means too
+        if task.recommends:  # a text's rows are all of it already
+            evaluate_source(results, task, cfg, ALL_EVENTS, every_event,
+                            real_tokens(task, every_event), device, seed=seed)
         evaluate_source(results, task, cfg, "full data", rows, real_tokens(task, rows), device,
                         seed=seed)
     evaluate_source(results, task, cfg, "popularity summary",
@@ -351,7 +358,8 @@ def table(results, task) -> list[dict]:
         row = dict(source=source, student=arch, n=len(values), tokens=rows[0]["tokens"],
                    mean=statistics.mean(values),
                    std=statistics.stdev(values) if len(values) > 1 else 0.0)
-        for base, key in (("full data", "x_full"), ("random real sequences", "x_random"),
+        for base, key in ((ALL_EVENTS, "x_all"), ("full data", "x_full"),
+                          ("random real sequences", "x_random"),
                           ("popularity summary", "x_popularity")):
             ref = mean(base, arch if arch != "-" else "transformer")
             if ref:
@@ -437,7 +445,7 @@ def main(argv=None):
 def COLUMNS(task):
     return [("source", "trained on"), ("student", "student"), ("n", "runs"),
             ("tokens", "tokens"), ("mean", f"test {task.metric} mean"), ("std", "std"),
-            ("x_full", "× full data"), ("x_random", "× random"),
+            ("x_all", "× all events"), ("x_full", "× last L events"), ("x_random", "× random"),
             ("x_popularity", "× popularity summary"), ("distill_min", "distill min"),
             ("selected_step", "step kept")]
 

@@ -67,6 +67,29 @@ def back_in_place(h: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     return torch.where((seen > 0)[..., None], state, 0.0)
 
 
+class SequenceStudent(nn.Module):
+    """A next-item model split in two: `features(x)` (batch × seq × dim, from hard ids or
+    soft inputs) and `output(h)` (logits over the vocabulary), so that ranking the last
+    position computes its logits only (`training.metrics.last_logits`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LinearOutputStudent(SequenceStudent):
+    """A SequenceStudent whose logits are a linear layer `out` after dropout `drop`."""
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-item logits (... × vocab) from `features` (... × dim)."""
+        return self.out(self.drop(h))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -106,7 +129,7 @@ class Block(nn.Module):
         return h + self.drop(self.ff(self.norm2(h)))
 
 
-class CausalTransformer(nn.Module):
+class CausalTransformer(SequenceStudent):
     """Pre-norm causal Transformer with a tied input/output embedding.
 
     ``forward(x)`` takes hard ids (long, batch × seq) or soft inputs (float,
@@ -134,7 +157,13 @@ class CausalTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-item logits (... × vocab) from `features` (... × dim): the tied embedding."""
+        return self.norm(h) @ self.embed.T
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """batch × seq × dim: what `output` turns into logits (scoring one position of a
+        row needs its row of features only)."""
         check_inputs(x, self.vocab_size, self.max_len)
         if x.is_floating_point():
             h, key_padding = x @ self.embed, soft_padding(x, self.padding_id)
@@ -149,7 +178,7 @@ class CausalTransformer(nn.Module):
         h = self.drop(h + positions)
         for block in self.blocks:
             h = block(h, key_padding)
-        return self.norm(h) @ self.embed.T
+        return h
 
 
 def sasrec(num_items: int, max_len: int = 200, dim: int = 50, heads: int = 1, layers: int = 2,
@@ -167,7 +196,7 @@ def transformer_lm(vocab_size: int, max_len: int = 64, dim: int = 64, heads: int
     return CausalTransformer(vocab_size, max_len, dim, heads, layers, dropout)
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(LinearOutputStudent):
     """GRU4Rec (Hidasi et al., 2016): item embedding, a GRU, an output layer over the
     vocabulary. Used to check that a summary teaches architectures other than the one it was
     distilled with; it takes hard ids or soft inputs like CausalTransformer.
@@ -188,18 +217,18 @@ class GRU4Rec(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(dim, vocab_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """batch × seq × dim: what `output` turns into logits."""
         check_inputs(x, self.vocab_size, self.max_len)
         if self.padding_id is None:
-            h, _ = self.gru(self.drop(embed_inputs(x, self.embed)))
-            return self.out(self.drop(h))
+            return self.gru(self.drop(embed_inputs(x, self.embed)))[0]
         inputs, seen = real_items_first(x, self.padding_id)
         packed = nn.utils.rnn.pack_padded_sequence(
             self.drop(embed_inputs(inputs, self.embed)), seen[:, -1].clamp_min(1).cpu(),
             batch_first=True, enforce_sorted=False)
         h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
                                                 total_length=x.shape[1])
-        return self.out(self.drop(back_in_place(h, seen)))
+        return back_in_place(h, seen)
 
 
 def gru4rec(num_items: int, max_len: int = 200, dim: int = 64, layers: int = 1,
@@ -208,7 +237,7 @@ def gru4rec(num_items: int, max_len: int = 200, dim: int = 64, layers: int = 1,
     return GRU4Rec(num_items + 1, max_len, dim, layers, dropout, padding_id=PADDING_ID)
 
 
-class CausalCNN(nn.Module):
+class CausalCNN(LinearOutputStudent):
     """A NextItNet-style recommender (Yuan et al., 2019): item embedding, residual blocks of
     dilated causal 1-D convolutions (dilations 1, 2, 4, 8, ...: two per block), an output
     layer over the vocabulary. A third architecture, neither attention nor recurrence, to
@@ -239,14 +268,15 @@ class CausalCNN(nn.Module):
             h = h + self.drop(y)
         return h
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """batch × seq × dim: what `output` turns into logits."""
         check_inputs(x, self.vocab_size, self.max_len)
         if self.padding_id is None:
-            return self.out(self.drop(self._convolve(self.drop(embed_inputs(x, self.embed)))))
+            return self._convolve(self.drop(embed_inputs(x, self.embed)))
         inputs, seen = real_items_first(x, self.padding_id)
         # the padding moved behind the real items is never read by them (causal)
         h = self._convolve(self.drop(embed_inputs(inputs, self.embed)))
-        return self.out(self.drop(back_in_place(h, seen)))
+        return back_in_place(h, seen)
 
 
 def nextitnet(num_items: int, max_len: int = 200, dim: int = 64, blocks: int = 2,

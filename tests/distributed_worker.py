@@ -13,9 +13,9 @@ import sys
 import torch
 import torch.distributed as dist
 
+from farzi_fast import DistillConfig, distill
 from farzi_fast.data import load_movielens_100k
 from farzi_fast.models import sasrec
-from tests.models import run_distill
 
 
 def main():
@@ -33,9 +33,10 @@ def main():
 
     inner_steps = 3 if mode == "mismatch" and rank == 1 else 2
     try:
-        run_distill(student, movielens.train_batch(12), size=(4, 6), latent_dim=4,
-                inner_steps=inner_steps, outer_steps=4, pretrained_students=1,
-                pretrain_steps=4, outer_batch=32, meta_batch=2, callback=die)
+        config = DistillConfig(size=(4, 6), latent_dim=4, inner_steps=inner_steps,
+                               outer_steps=4, pretrained_students=1, pretrain_steps=4,
+                               outer_batch=32, meta_batch=2)
+        distill(student, movielens.train_batch(12), config, callback=die)
     except RuntimeError as error:
         print(f"rank {rank}: {type(error).__name__}: {error}", flush=True)
         os._exit(7)  # no process-group teardown: the peer may be gone

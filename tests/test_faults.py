@@ -379,3 +379,26 @@ def test_a_chaotic_inner_loop_is_named_when_its_meta_gradient_is_not_finite(movi
                        r"inner_lr 0\.01 and inner_steps 3, lower"):
         run_distill(tiny_student(movielens), movielens.train_batch(12), outer_steps=1,
                 **(DISTILL | dict(meta_batch=2, skip_nonfinite=0)))
+
+
+def test_checkpoints_and_run_folders_of_another_format_are_refused_by_name(movielens, data_dir,
+                                                                           tmp_path, capsys):
+    """No migration of unreleased formats: a distill checkpoint of another version and a run
+    folder written before the run format existed are refused, naming the version."""
+    from farzi_fast.files import DIGEST_KEY, atomic_save, safe_load
+
+    train = movielens.train_batch(12)
+    checkpoint = tmp_path / "ckpt.pt"
+    run_distill(tiny_student(movielens), train, outer_steps=1, checkpoint=checkpoint, **DISTILL)
+    state = safe_load(checkpoint, "distill checkpoint")
+    state.pop(DIGEST_KEY, None)
+    atomic_save(dict(state, version=1), checkpoint)
+    with pytest.raises(ValueError, match="format version 1; this farzi_fast reads version 2"):
+        run_distill(tiny_student(movielens), train, outer_steps=2, checkpoint=checkpoint,
+                    resume=True, **DISTILL)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"size": [4, 6]}))
+    assert cli(["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--out", str(run),
+                "--resume"]) == 2
+    assert "written by an older farzi-fast (run format 1)" in capsys.readouterr().err

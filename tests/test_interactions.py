@@ -209,3 +209,91 @@ def test_own_text_distill_and_export_in_words(tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     words = set(corpus.read_text().split()) | {"<eos>", "<unk>"}
     assert len(rows) == 8 and all(r["item"] in words for r in rows)
+
+
+def movielens_in_time_order(data_dir):
+    """MovieLens-100K's events as (user, item) in each user's time order, ties in file order,
+    users in the built-in loader's order."""
+    frame = movielens_frame(data_dir).reset_index()
+    frame = frame.sort_values(["user_id", "timestamp", "index"])
+    return [(str(u), [str(i) for i in events["item_id"]])
+            for u, events in frame.groupby("user_id", sort=True)]
+
+
+@pytest.mark.parametrize("form", ["sequences", "pairs"])
+def test_the_fields_sequence_files_give_the_tables_sequences(data_dir, tmp_path, form):
+    """One user a line (`user item item ...`) and one event a line (`user item`), as the
+    SASRec/ICLRec repositories ship them: sniffed, ids as given, order as in the file."""
+    users = movielens_in_time_order(data_dir)
+    path = tmp_path / f"ml-{form}.txt"
+    with open(path, "w") as f:
+        for user, items in users:
+            if form == "sequences":
+                f.write(" ".join([user, *items]) + "\n")
+            else:
+                f.writelines(f"{user} {item}\n" for item in items)
+    from farzi_fast.data.interactions import sniff_format
+
+    assert sniff_format(path) == form
+    got, want = load_interactions(path), load_movielens_100k(data_dir)
+    assert got.vocabulary == want.vocabulary and got.num_items == want.num_items
+    assert all(torch.equal(a, b) for a, b in zip(got.sequences, want.sequences))
+    assert load_interactions(path, format=form).num_users == 943
+
+
+@pytest.mark.parametrize("form, text, message", [
+    ("sequences", "u1 a b c\nu2\nu3 a b c\n", r"log.txt:2: expected `user item item \.\.\.`"),
+    ("sequences", "u1 a b c\nu1 d e f\n", r"log.txt:2: user 'u1' has a line already"),
+    ("pairs", "u1 a\nu1 b\nu1 c d\n", r"log.txt:3: expected `user item`"),
+    ("sequences", "u1 a\nu2 b c\n", "no user has the 3 interactions"),
+])
+def test_bad_lines_of_sequence_files_are_named(tmp_path, form, text, message):
+    path = tmp_path / "log.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_interactions(path, format=form)
+
+
+def test_a_table_option_on_a_sequence_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "log.txt"
+    path.write_text("u1 a b c\nu2 b c d\n")
+    with pytest.raises(ValueError, match="--user-col name a table's columns; this file is "
+                                         "read as --format sequences"):
+        load_interactions(path, user_col="user")
+    with pytest.raises(ValueError, match="--format must be one of"):
+        load_interactions(path, format="lines")
+    assert cli(["inspect", str(tmp_path), "--interactions", str(path), "--format",
+                "pairs"]) == 2  # no summary there; refused before reading anything else
+    assert "no summary there" in capsys.readouterr().err
+
+
+def test_every_training_event_is_a_target_once_in_the_full_data(data_dir):
+    """The full data: windows of max_len + 1 covering each user's training events, every
+    event after a user's first a target exactly once (the first too, with no history, in a
+    left-padded earliest window, as in a left-padded last-L row); the last-L rows miss most."""
+    movielens = load_movielens_100k(data_dir)
+    train = [s[:-2] for s in movielens.sequences]
+    for max_len in (7, 50):
+        windows = movielens.train_windows(max_len)
+        assert windows.shape[1] == max_len + 1
+        targets = windows[:, 1:]
+        want = torch.cat([s[1:] for s in train])
+        # each user's earliest window holds end = n - k * max_len items, 1 < end <= max_len + 1
+        padded = torch.stack([s[0] for s in train
+                              if (len(s) - 1) % max_len != 0 and len(s) > 1])
+        got = torch.bincount(targets[targets != 0], minlength=movielens.num_items + 1)
+        assert torch.equal(got, torch.bincount(want, minlength=movielens.num_items + 1)
+                           + torch.bincount(padded, minlength=movielens.num_items + 1))
+    last = movielens.train_batch(50)
+    assert int((last[:, 1:] != 0).sum()) < 0.5 * sum(len(s) - 1 for s in train)
+
+
+def test_a_user_sample_keeps_the_catalogue(data_dir):
+    movielens = load_movielens_100k(data_dir)
+    sample = movielens.sample_users(100, seed=3)
+    assert sample.num_users == 100 and sample.num_items == movielens.num_items
+    assert sample.sequences[0] is movielens.sequences[[i for i, s in enumerate(
+        movielens.sequences) if s is sample.sequences[0]][0]]
+    assert movielens.sample_users(5000) is movielens
+    assert [len(s) for s in movielens.sample_users(100, seed=3).sequences] == \
+        [len(s) for s in sample.sequences]  # the same users for the same seed

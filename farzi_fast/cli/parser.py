@@ -7,7 +7,7 @@ import argparse
 import re
 from typing import Any
 
-from ..distillation.config import DistillConfig, RunOptions
+from ..distillation.config import DistillConfig, RunOptions, field_metadata
 from ..distillation.presets import NAMES, preset
 from ..student_spec import ARCHITECTURES, StudentSizes
 from .options import add_fields, non_negative, positive, rate
@@ -44,7 +44,8 @@ def _source(parser: argparse.ArgumentParser, required: bool = True) -> None:
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--dataset", choices=["ml-100k", "ptb"])
     source.add_argument("--interactions", default=None, metavar="FILE",
-                        help="an interaction log: CSV/TSV, Parquet or RecBole .inter")
+                        help="an interaction log: a table (CSV/TSV, Parquet, RecBole .inter), "
+                             "one user a line, or one event a line (see --format)")
     source.add_argument("--text", default=None, metavar="TRAIN.txt",
                         help="a text corpus, one sentence or paragraph per line")
     parser.add_argument("--data", default=None, help="data folder (default: $FARZI_FAST_DATA)")
@@ -56,8 +57,12 @@ def _source(parser: argparse.ArgumentParser, required: bool = True) -> None:
                         help="a Hugging Face tokenizers file for --text (default: words)")
     parser.add_argument("--bpe-vocab", type=positive, default=None, metavar="N",
                         help="train a BPE tokenizer of N tokens on --text's training lines")
-    parser.add_argument("--sep", default=None, help="delimiter of --interactions (default: "
-                                                    "sniffed; tab for .inter)")
+    parser.add_argument("--format", default=None, choices=["table", "sequences", "pairs"],
+                        help="form of --interactions: a table with a header (CSV/TSV, Parquet, "
+                             ".inter), one user a line (`user item item ...`) or one event a "
+                             "line (`user item`), in time order (default: sniffed)")
+    parser.add_argument("--sep", default=None, help="delimiter of a --interactions table "
+                                                    "(default: sniffed; tab for .inter)")
     for role in ("user", "item", "time"):
         parser.add_argument(f"--{role}-col", default=None,
                             help=f"{role} column of --interactions (default: {role}, "
@@ -83,7 +88,8 @@ def _student(parser: argparse.ArgumentParser) -> None:
                            f"{getattr(recommend, name)}, for text {getattr(text, name)})")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N (auto: cuda when there is a GPU)")
-    parser.add_argument("--seed", type=non_negative, default=0)
+    parser.add_argument("--seed", type=non_negative, default=0,
+                        help=field_metadata("seed")["help"])
 
 
 def _distill(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
@@ -109,6 +115,9 @@ def _distill(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     d.add_argument("--validate-every", type=non_negative, default=None,
                    help="validate the summary every N outer steps and keep the best (0: off, "
                         "the last summary is kept; default: the preset's)")
+    d.add_argument("--validation-users", type=positive, default=2000, metavar="N",
+                   help="users a validation ranks: a fixed sample of a larger log (every "
+                        "user of a smaller one)")
     d.add_argument("--train-steps", type=positive, default=600,
                    help="most steps of the students that validate the summary")
     d.add_argument("--train-lr", type=rate, default=1e-3)
@@ -131,7 +140,10 @@ def _train(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
                                      "summary, save it and print its test metrics",
                        formatter_class=formatter)
     _student(t)
-    t.add_argument("--on", choices=["full", "random", "farzi"], default="full")
+    t.add_argument("--on", choices=["full", "last", "random", "farzi"], default="full",
+                   help="full: every training event (windows of --max-len + 1); last: each "
+                        "user's last --max-len + 1 training events; random: --count of those "
+                        "rows; farzi: a summary")
     t.add_argument("--farzi", default=None, help="a distill --out folder, or a farzi.pt")
     t.add_argument("--count", type=positive, default=50, help="rows of the random subset")
     t.add_argument("--steps", type=positive, default=1500,

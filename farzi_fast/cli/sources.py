@@ -33,7 +33,8 @@ def load_source(args, max_len: int) -> Task:
         return language_task(data, "text", max_len)
     if args.interactions is None:
         return load_task(args.dataset, args.data, max_len)
-    data = load_interactions(args.interactions, sep=args.sep, user_col=args.user_col,
+    data = load_interactions(args.interactions, format=args.format, sep=args.sep,
+                             user_col=args.user_col,
                              item_col=args.item_col, time_col=args.time_col,
                              title_col=args.title_col)
     if data.dropped_users:

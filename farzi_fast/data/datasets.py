@@ -87,9 +87,33 @@ class RecommendationData:
         return torch.bincount(torch.cat(self.train_sequences()), minlength=self.num_items + 1)
 
     def train_batch(self, max_len: int) -> torch.Tensor:
-        """All training sequences, left-padded/truncated to max_len + 1 (inputs and shifted
-        targets come from the same row)."""
+        """Each user's last max_len + 1 training items, a row each, left-padded (inputs and
+        shifted targets come from the same row): what a distillation draws its real rows
+        from. Events before them are not in it; `train_windows` has them all."""
         return left_pad(self.train_sequences(), max_len + 1)
+
+    def sample_users(self, count: int, seed: int = 0) -> RecommendationData:
+        """The same catalogue with `count` users drawn without replacement (all of them when
+        there are no more), in their order here: what a quick validation ranks."""
+        if count >= self.num_users:
+            return self
+        chosen = torch.randperm(self.num_users, generator=torch.Generator().manual_seed(seed))
+        return RecommendationData(self.num_items,
+                                  [self.sequences[i] for i in sorted(chosen[:count].tolist())],
+                                  vocabulary=self.vocabulary, titles=self.titles)
+
+    def train_windows(self, max_len: int) -> torch.Tensor:
+        """Every training event as a target exactly once: each user's training sequence cut
+        from its end into rows of max_len + 1 items that overlap by one (a row's first item
+        is its first input, the previous row's last target), the earliest left-padded. The
+        "full data" a student is compared with."""
+        windows = []
+        for sequence in self.train_sequences():
+            end = len(sequence)
+            while end > 1:
+                windows.append(sequence[max(0, end - max_len - 1):end])
+                end -= max_len
+        return left_pad(windows, max_len + 1)
 
 
 def _held_out(split: str) -> int:
@@ -113,7 +137,19 @@ def left_pad(sequences, length: int, pad: int = PADDING_ID) -> torch.Tensor:
 
 def load_movielens_100k(path=None) -> RecommendationData:
     """MovieLens-100K `u.data` (user, item, rating, unix time; tab separated) as per-user
-    sequences ordered by time (ties keep file order). Every rating counts as an interaction."""
+    sequences ordered by time (ties keep file order). Every rating counts as an interaction.
+
+    Args:
+        path: the folder holding `u.data` (or `ml-100k/u.data`); default $FARZI_FAST_DATA,
+            then ~/.cache/farzi_fast.
+
+    Returns:
+        RecommendationData of 943 users over 1,682 items, titles from `u.item` when present.
+
+    Raises:
+        FileNotFoundError: no `u.data` where it looked (the message says where and how to
+            get it; nothing is downloaded).
+    """
     file = find_file("ml-100k", "u.data", path)
     events: dict[int, list[tuple[int, int, int]]] = {}
     max_item = 0
@@ -201,7 +237,17 @@ def _read_lines(file: Path) -> list[list[str]]:
 
 def load_ptb(path=None) -> LanguageData:
     """Penn Treebank (Mikolov's preprocessed version). Note: the copy in this project's shared
-    data has only the first quarter of the training file (see its README)."""
+    data has only the first quarter of the training file (see its README).
+
+    Args:
+        path: the folder holding `ptb.train.txt`, `ptb.valid.txt` and `ptb.test.txt`.
+
+    Returns:
+        LanguageData over the training text's words.
+
+    Raises:
+        FileNotFoundError: a split's file is missing.
+    """
     folder = find_file("ptb", "ptb.train.txt", path).parent  # all splits from one folder
     files = {split: folder / f"ptb.{split}.txt" for split in ("train", "valid", "test")}
     for file in files.values():

@@ -67,7 +67,21 @@ def _tokenizer(tokenizer, bpe_vocab, train_lines):
 
 def load_text(train, valid=None, test=None, *, tokenizer=None,
               bpe_vocab: int | None = None) -> LanguageData:
-    """Language-modelling data from text files (see the module docstring)."""
+    """Language-modelling data from text files (see the module docstring).
+
+    Args:
+        train: the training text, one sentence or paragraph a line.
+        valid, test: their files (default: held-out lines of `train`).
+        tokenizer: a Hugging Face `tokenizers` JSON file (default: words).
+        bpe_vocab: train a BPE tokenizer of this many tokens on the training lines instead.
+
+    Returns:
+        LanguageData whose `vocab` names each token id.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: both `tokenizer` and `bpe_vocab`, or a text too short to split.
+    """
     if tokenizer is not None and bpe_vocab is not None:
         raise ValueError("give --tokenizer or --bpe-vocab, not both")
     if bpe_vocab is not None and (isinstance(bpe_vocab, bool) or not isinstance(bpe_vocab, int)

@@ -26,7 +26,7 @@ from .checkpoint import RunState, load_checkpoint, run_identity, save_checkpoint
 from .config import DistillConfig, RunOptions
 from .outer_step import apply_update, outer_lr, run_outer_step, skip_nonfinite
 from .parallel import Ranks, checksum
-from .start import initial_summary, pretrained_pool
+from .start import Progress, initial_summary, pretrained_pool
 from .summary import FarziData
 
 Validate = Callable[[int, FarziData], float]
@@ -36,7 +36,8 @@ Callback = Callable[[int, float, FarziData], None]
 def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
             config: DistillConfig, run: RunOptions | None = None, *,
             teacher: nn.Module | None = None, validate: Validate | None = None,
-            validate_every: int = 0, callback: Callback | None = None) -> FarziData:
+            validate_every: int = 0, callback: Callback | None = None,
+            progress: Progress | None = None) -> FarziData:
     """Distill real sequences into a FarziData summary of `config.size`.
 
     Args:
@@ -56,6 +57,8 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
             only rank 0 calls it.
         validate_every: outer steps between validations (0: at the start and end only).
         callback: `callback(step, meta_loss, farzi)` after every outer step, on every rank.
+        progress: `progress(phase, done, total)` during the start's phases ("pretrained
+            students", "teacher"), step by step, for a progress display.
 
     Returns:
         The summary (the best validated one with `validate`, else the last), with
@@ -109,7 +112,7 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
         torch.set_rng_state(state.torch_rng)
     else:
         state = _fresh_start(students, train, config, teacher, vocab, device, dtype, ranks,
-                             generator)
+                             generator, progress)
     farzi = state.summary
     optimizer = torch.optim.Adam(farzi.meta, lr=config.outer_lr)
     if state.step:
@@ -165,13 +168,14 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
 
 def _fresh_start(students: list[nn.Module], train: torch.Tensor, config: DistillConfig,
                  teacher: nn.Module | None, vocab: int, device: torch.device,
-                 dtype: torch.dtype, ranks: Ranks, generator: torch.Generator) -> RunState:
+                 dtype: torch.dtype, ranks: Ranks, generator: torch.Generator,
+                 progress: Progress | None) -> RunState:
     """The state before the first outer step: every student's pool of starts (the first
     student's first: it makes the teacher) and the initial summary; rank 0's for all."""
     pool = [{n: t.to(device) for n, t in p.items()}
-            for s in students for p in pretrained_pool(s, train, config)]
+            for s in students for p in pretrained_pool(s, train, config, progress)]
     farzi = initial_summary(students[0], train.to(device), config, pool, teacher, vocab,
-                            generator).to(device, dtype)
+                            generator, progress).to(device, dtype)
     # pretraining need not be bitwise reproducible across ranks: rank 0's is everyone's
     ranks.broadcast_([t for p in pool for t in p.values()] + [t.data for t in farzi.meta])
     return RunState(step=0, summary=farzi, optimizer={},

@@ -4,6 +4,7 @@ teacher, and the summary the outer loop starts from (docs/design.md, "The start"
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,6 +12,20 @@ from torch import nn
 from ..training.train import train_student
 from .config import DistillConfig
 from .summary import FarziData
+
+# progress(phase, done, total): how far a phase of the start is
+Progress = Callable[[str, int, int], None]
+
+
+def _reporting(progress: Progress | None, phase: str, done: int, total: int):
+    """A train_student callback that reports each step as `done` + step of `total`."""
+    if progress is None:
+        return None
+
+    def report(step: int, loss: float) -> bool:
+        progress(phase, done + step, total)
+        return False
+    return report
 
 
 def _reset_parameters(model: nn.Module, seed: int) -> None:
@@ -28,7 +43,8 @@ def _reset_parameters(model: nn.Module, seed: int) -> None:
                 p.copy_(torch.randn_like(p) * p.std().clamp_min(1e-3))
 
 
-def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConfig) -> list:
+def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConfig,
+                    progress: Progress | None = None) -> list:
     """Checkpoints (name -> tensor) every `pretrain_every` steps, and at the end, along the
     trajectories of `pretrained_students` students trained on real data from their own fresh
     initialisations; with none, the first such initialisation alone. Never the student's own
@@ -39,13 +55,16 @@ def pretrained_pool(student: nn.Module, train: torch.Tensor, config: DistillConf
         _reset_parameters(model, config.seed * 1000)
         return [_snapshot(model)]
     pool = []
+    total, done = config.pretrained_students * config.pretrain_steps, 0
     for i in range(config.pretrained_students):
         model = copy.deepcopy(student)
         _reset_parameters(model, config.seed * 1000 + i)
         pool.append(_snapshot(model))
         for steps in _pretrain_segments(config):
             train_student(model, train, steps=steps, lr=config.pretrain_lr,
-                          seed=config.seed * 1000 + i + len(pool))
+                          seed=config.seed * 1000 + i + len(pool),
+                          callback=_reporting(progress, "pretrained students", done, total))
+            done += steps
             pool.append(_snapshot(model))
     return pool
 
@@ -116,7 +135,7 @@ def _without_padding(probs: torch.Tensor, padding_id: int | None) -> torch.Tenso
 
 
 def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConfig,
-                    pool: list) -> nn.Module:
+                    pool: list, progress: Progress | None = None) -> nn.Module:
     """The first pretrained student (its last checkpoint in `pool`) trained on real data
     until `teacher_steps`; without pretrained students, a fresh one trained as long."""
     steps = config.teacher_training_steps
@@ -139,13 +158,14 @@ def default_teacher(student: nn.Module, train: torch.Tensor, config: DistillConf
         if steps > done:
             torch.manual_seed(config.seed * 1000 + 999)
             train_student(teacher, train, steps=steps - done, lr=config.pretrain_lr,
-                          seed=config.seed * 1000 + 999)
+                          seed=config.seed * 1000 + 999,
+                          callback=_reporting(progress, "teacher", done, steps))
     return teacher
 
 
 def initial_summary(student: nn.Module, train: torch.Tensor, config: DistillConfig, pool: list,
-                    teacher: nn.Module | None, vocab: int,
-                    generator: torch.Generator) -> FarziData:
+                    teacher: nn.Module | None, vocab: int, generator: torch.Generator,
+                    progress: Progress | None = None) -> FarziData:
     """The summary the outer loop starts from: random logits, or teacher-labelled real
     sequences (`teacher`, or `default_teacher`; none when teacher_share is 0), drawn with
     `generator`; its padding id is the student's."""
@@ -153,7 +173,7 @@ def initial_summary(student: nn.Module, train: torch.Tensor, config: DistillConf
         summary = FarziData(*config.size, vocab, config.latent_dim, generator=generator)
     else:
         if teacher is None and config.teacher_share > 0:
-            teacher = default_teacher(student, train, config, pool)
+            teacher = default_teacher(student, train, config, pool, progress)
         probs = teacher_sequences(teacher, train, config, generator, vocab,
                                   getattr(student, "padding_id", None))
         summary = FarziData.from_distributions(probs, config.latent_dim, generator=generator)

@@ -34,7 +34,21 @@ class FarziData(nn.Module):
 
     With `latent_dim` = d (the paper's factorisation) the logits are Z M, Z: μ × ξ × d (the
     `latent`), M: d × V (the `decoder`); with `latent_dim=None` the μ × ξ × V logits are
-    optimised directly (`latent` holds them, `decoder` is None): the paper's ablation."""
+    optimised directly (`latent` holds them, `decoder` is None): the paper's ablation.
+
+    Args:
+        num_sequences, seq_len, vocab_size: μ, ξ and V.
+        latent_dim: d of the factorisation, or None for direct logits.
+        temperature: τ of the softmax.
+        generator: the random initialisation's generator.
+
+    Raises:
+        ValueError: a size that is not a positive int, or τ <= 0.
+
+    `soft()` gives the μ × ξ × V distributions (the data students train on), `save(path)` /
+    `FarziData.load(path)` write and read it (atomically, never executing code from the
+    file), `sample()` draws hard sequences, `describe(vocabulary, titles)` attaches the data's
+    own ids."""
 
     def __init__(self, num_sequences: int, seq_len: int, vocab_size: int,
                  latent_dim: int | None = 8, temperature: float = 1.0,

@@ -164,6 +164,28 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     runs. The reverse pass then runs its steps in turn (no overlap of halves). Results agree
     with the eager engine to rounding, not bit for bit; speed and accuracy on the
     distillation workload: docs/design.md, "Anchors".
+
+    Args:
+        model: any nn.Module with float32 or float64 parameters (not modified).
+        loss_fn: `loss_fn(f, t, *meta) -> scalar tensor`, the inner loss of step t = 1..steps.
+        steps: inner Adam steps, T.
+        meta: tensors `loss_fn` receives after `t`; those requiring grad get `.grad`.
+        lr: float, or a 0-d tensor (requiring grad for dF/dlr).
+        betas, eps, weight_decay: torch.optim.Adam's (AdamW's decoupled decay when > 0).
+        init: the starting parameters, name -> tensor (default: the model's, detached).
+        anchor_every, anchor_head: the anchors' schedule (defaults 25 and 8).
+        backend: the ops backend ("auto", "cpu", "cuda", "triton", "torch").
+        compile: run the steps torch.compile'd (above).
+
+    Returns:
+        Trained: the parameters after `steps` steps, name -> tensor, differentiable with
+        respect to `meta`, `lr` and `init`; `.report` gives the reverse pass's drift.
+
+    Raises:
+        TypeError: a model, loss or argument of the wrong kind.
+        ValueError: meta tensors on another device or of a non-float dtype, a bad lr.
+        NonFiniteError: the inner loss or a state is not finite.
+        RuntimeError: a second backward through the same result.
     """
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend, compile)
@@ -182,7 +204,21 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
                   anchor_head=None, backend="auto", compile=False) -> MetaGradient:
     """The meta-objective `outer_fn(f)` after `steps` inner Adam steps, and its gradients with
     respect to every meta tensor that requires grad, the learning rate and the initial
-    parameters, in one call (same options as :func:`unroll`)."""
+    parameters, in one call.
+
+    Args:
+        model, loss_fn, steps, meta, lr, betas, eps, weight_decay, init, anchor_every,
+            anchor_head, backend, compile: as for :func:`unroll`.
+        outer_fn: `outer_fn(f) -> scalar tensor`, where `f` calls the model with the trained
+            parameters.
+
+    Returns:
+        MetaGradient: the meta-objective's value and its gradients (meta tensors, lr, the
+        initial parameters) and the reverse pass's report.
+
+    Raises:
+        ValueError: `outer_fn` does not return a scalar tensor; else as :func:`unroll`.
+    """
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend, compile)
     layout = problem.layout

@@ -45,10 +45,12 @@ class Fit:
 
 
 def fit(make_student: Callable[[], nn.Module], data: torch.Tensor, task,
-        recipe: Recipe = Recipe(), seed: int = 0) -> Fit:
+        recipe: Recipe = Recipe(), seed: int = 0,
+        on_step: Callable[[int], None] | None = None) -> Fit:
     """Train `make_student()` (a fresh, untrained model) on `data` (hard rows or soft
     sequences) by `recipe`, keeping the checkpoint that does best on the validation split.
-    The global random state is left as it was."""
+    The global random state is left as it was; `on_step(step)` runs after every step (a
+    progress display)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = make_student()
@@ -58,6 +60,8 @@ def fit(make_student: Callable[[], nn.Module], data: torch.Tensor, task,
 
         def validate(step, _loss):
             counters["last"] = step
+            if on_step is not None:
+                on_step(step)
             if step % recipe.eval_every and step != recipe.max_steps:
                 return False
             valid = task.evaluate(student, "valid")

@@ -4,6 +4,7 @@ on Penn Treebank (causal Transformer LM, perplexity)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -70,9 +71,24 @@ class Task:
         return self.data.titles if self.recommends else None
 
     def train_rows(self) -> torch.Tensor:
-        """Real training sequences, rows of max_len + 1 ids."""
+        """Real training sequences, rows of max_len + 1 ids: for recommendation each user's
+        last max_len + 1 training items (what a distillation draws from), for text the
+        whole training text in chunks."""
         if self.recommends:
             return self.data.train_batch(self.max_len)
+        return self.data.chunks("train", self.max_len + 1)
+
+    def sample_users(self, count: int, seed: int = 0) -> Task:
+        """The task with its validation and test ranking over `count` users drawn once (all
+        when there are no more); text is returned as it is."""
+        if not self.recommends:
+            return self
+        return dataclasses.replace(self, data=self.data.sample_users(count, seed))
+
+    def all_events(self) -> torch.Tensor:
+        """Every training event as a target once, rows of max_len + 1 ids: the full data."""
+        if self.recommends:
+            return self.data.train_windows(self.max_len)
         return self.data.chunks("train", self.max_len + 1)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:

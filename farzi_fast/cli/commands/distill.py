@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from ...files import atomic_write_text, read_jsonl, safe_load
 from ...student_spec import StudentSizes
 from ...training import Recipe, fit
 from ..options import as_options, given
+from ..progress import Progress
 from ..sources import data_preset, load_source
 
 RUN_FORMAT = 2  # of config.json: a run folder of another format is refused on --resume
@@ -52,11 +52,12 @@ def chosen_preset(args) -> Preset:
 def run_settings(args, chosen: Preset) -> dict:
     """What defines the run, for config.json: every setting, the data and the validation
     recipe (device and verbosity may change on resume)."""
-    settings = {"format": RUN_FORMAT, **chosen.settings(), "preset": args.preset,
+    settings = {"run_format": RUN_FORMAT, **chosen.settings(), "preset": args.preset,
                 "architectures": [args.architecture, *args.also_students],
-                "train_steps": args.train_steps, "train_lr": args.train_lr}
+                "train_steps": args.train_steps, "train_lr": args.train_lr,
+                "validation_users": args.validation_users}
     for name in ("dataset", "data", "interactions", "text", "valid", "test", "tokenizer",
-                 "bpe_vocab", "sep", "user_col", "item_col", "time_col", "title_col"):
+                 "bpe_vocab", "format", "sep", "user_col", "item_col", "time_col", "title_col"):
         value = getattr(args, name)
         # one spelling of a path
         settings[name] = str(Path(value).resolve()) if value and name in (
@@ -80,9 +81,9 @@ def check_folder(out: Path, settings: dict, resume: bool) -> None:
     except json.JSONDecodeError:
         raise ValueError(f"{config_file} is damaged (not JSON); start a new run in another "
                          f"--out") from None
-    if saved.get("format") != RUN_FORMAT:
+    if saved.get("run_format") != RUN_FORMAT:
         raise ValueError(f"{out} was written by an older farzi-fast (run format "
-                         f"{saved.get('format', 1)}); start a new run in another --out")
+                         f"{saved.get('run_format', 1)}); start a new run in another --out")
     different = changed_settings(saved, settings)
     if different:
         raise ValueError("refusing to resume with a different configuration: " + ", ".join(
@@ -131,34 +132,40 @@ def run(args) -> int:
         orphan.unlink()
     atomic_write_text(out / "config.json", json.dumps(settings, indent=2) + "\n")
     log = RunLog(out / "log.jsonl", checkpoint if args.resume else None)
-    from tqdm import tqdm
-
-    bar = tqdm(total=chosen.config.outer_steps, initial=log.start_step, desc="distill",
-               unit="step", file=sys.stderr, disable=args.quiet)
+    shown = Progress(args.quiet, chosen.config.outer_steps, log.start_step)
+    shown.note(describe_run(task, chosen, args))
     recipe = Recipe(lr=args.train_lr, max_steps=args.train_steps,
                     eval_every=max(1, min(50, args.train_steps)), patience=4)
+    # the users a validation ranks: a fixed sample of a large log (reported numbers come
+    # from `farzi-fast train`/`evaluate`, which rank every user)
+    validation_task = task.sample_users(args.validation_users, seed=args.seed)
     sign = 1.0 if task.higher_is_better else -1.0
 
     def validate(step, farzi):
         """A student of each architecture trained on the summary: their mean metrics."""
-        each = {a: fit(lambda a=a: make(a).to(args.device), farzi.soft().detach(), task, recipe,
-                       seed=args.seed).valid for a in architectures}
+        each = {}
+        for architecture in architectures:
+            shown.validation(step, recipe.max_steps)
+            each[architecture] = fit(lambda a=architecture: make(a).to(args.device),
+                                     farzi.soft().detach(), validation_task, recipe,
+                                     seed=args.seed, on_step=shown.validation_step).valid
         valid = {k: statistics.mean(v[k] for v in each.values())
                  for k in next(iter(each.values()))}
         log.write({"step": step, "valid": valid, "entropy": farzi.entropy()} |
                   ({"valid_each": each} if len(each) > 1 else {}))
-        bar.set_postfix(valid=f"{valid[task.metric]:.4f}")
+        shown.validated(task.metric, valid[task.metric])
         return sign * valid[task.metric]
 
     def on_step(step, meta_loss, farzi):
         log.write({"step": step, "meta_loss": meta_loss, "seconds": log.seconds()})
-        bar.set_postfix(meta_loss=f"{meta_loss:.4f}")
-        bar.update(1)
+        shown.outer_step(meta_loss)
 
-    farzi = distill(students, rows, chosen.config, options,
-                    validate=validate if validate_every else None,
-                    validate_every=validate_every, callback=on_step)
-    bar.close()
+    try:
+        farzi = distill(students, rows, chosen.config, options,
+                        validate=validate if validate_every else None,
+                        validate_every=validate_every, callback=on_step, progress=shown)
+    finally:
+        shown.close()
     farzi.describe(task.vocabulary, task.titles)  # the summary reads in the data's own ids
     farzi.save(out / "farzi.pt")
     plot_log(out / "log.jsonl", out / "distill.png", task.metric)
@@ -166,6 +173,24 @@ def run(args) -> int:
                       "selected_step": farzi.selected_step}))
     ranks.barrier()
     return 0
+
+
+def describe_run(task, chosen: Preset, args) -> str:
+    """One line: the data's shape and what the run will do with it."""
+    config = chosen.config
+    mu, xi = config.size
+    if task.recommends:
+        data = (f"{task.data.num_users} users, {task.data.num_items} items, "
+                f"{sum(len(s) for s in task.data.sequences)} events")
+        ranked = min(args.validation_users, task.data.num_users)
+        validation = f"validation every {chosen.validate_every} outer steps on {ranked} users"
+    else:
+        data = f"{task.data.vocab_size} tokens in the vocabulary"
+        validation = f"validation every {chosen.validate_every} outer steps"
+    return (f"distill: {data}; preset {args.preset}: {mu}x{xi} summary, "
+            f"{config.outer_steps} outer steps of {config.meta_batch} x {config.inner_steps} "
+            f"inner steps, teacher {config.teacher_training_steps} steps, "
+            f"{validation if chosen.validate_every else 'no validation'}")
 
 
 class RunLog:

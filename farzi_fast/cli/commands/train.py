@@ -1,5 +1,5 @@
-"""`farzi-fast train`: a student trained from scratch on the full data, a random subset or a
-summary by the evaluation protocol, saved, and its test metrics printed."""
+"""`farzi-fast train`: a student trained from scratch on the full data (every training event),
+a random subset or a summary by the evaluation protocol, saved, and its test metrics printed."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ def run(args) -> int:
     max_len = args.max_len or preset.max_len
     settings = student_settings(args, preset)
     task = load_source(args, max_len)
-    rows = task.train_rows()
     if args.on == "full":
-        data = rows
+        data = task.all_events()
+    elif args.on == "last":
+        data = task.train_rows()
     elif args.on == "random":
-        data = random_subset(rows, args.count, args.seed)
+        data = random_subset(task.train_rows(), args.count, args.seed)
     else:
         if not args.farzi:
             raise ValueError("--on farzi needs --farzi RUN (a distill --out folder or its "

@@ -1,0 +1,82 @@
+"""Configuration as the API: every setting defined once (DistillConfig, StudentSizes, Preset)
+and reached from the command line by its own name; `distill()` takes the config object; the
+command line's --help imports no torch."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from farzi_fast import DistillConfig, RunOptions, distill
+from farzi_fast.cli.parser import build_parser
+from farzi_fast.distillation.presets import PRESETS, preset
+from farzi_fast.models import gru4rec, nextitnet, sasrec
+from farzi_fast.student_spec import StudentSizes
+from farzi_fast.training.metrics import last_logits
+
+from .test_farzi import DISTILL, tiny_student
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import sys\nfrom farzi_fast.cli import main\n"
+            "try:\n    main(['distill', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_every_setting_is_an_option_of_distill_named_as_its_field():
+    distill_parser = build_parser()._subparsers._group_actions[0].choices["distill"]
+    options = {a.dest for a in distill_parser._actions}
+    fields = {f.name for f in dataclasses.fields(DistillConfig)} | {
+        f.name for f in dataclasses.fields(StudentSizes)} | {"max_len", "validate_every"}
+    assert fields <= options, fields - options
+    for field in dataclasses.fields(DistillConfig):  # the help is the field's own
+        action = next(a for a in distill_parser._actions if a.dest == field.name)
+        assert action.help.startswith(field.metadata["help"][:20])
+
+
+def test_a_preset_is_a_value_changed_by_name():
+    cpu = preset("ml-100k", "cpu")
+    changed = cpu.replace(outer_lr=0.03, dim=32, max_len=60, validate_every=5)
+    assert (changed.config.outer_lr, changed.student.dim, changed.max_len,
+            changed.validate_every) == (0.03, 32, 60, 5)
+    assert cpu.config.outer_lr == 0.1  # the preset itself is untouched (frozen)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cpu.config.outer_lr = 1.0
+    with pytest.raises(ValueError, match=r"unknown settings \['outer_rate'\]"):
+        cpu.replace(outer_rate=0.1)
+    with pytest.raises(ValueError, match="size 50x20 holds sequences longer than max_len 10"):
+        cpu.replace(max_len=10)
+    for family in PRESETS.values():
+        for value in family.values():
+            assert value.config.size[1] <= value.max_len
+
+
+def test_distill_takes_a_config_and_run_options(movielens, tmp_path):
+    train = movielens.train_batch(12)
+    config = DistillConfig(outer_steps=1, **DISTILL)
+    with pytest.raises(TypeError, match="config must be a DistillConfig"):
+        distill(tiny_student(movielens), train, dataclasses.asdict(config))
+    with pytest.raises(TypeError, match="run must be a RunOptions"):
+        distill(tiny_student(movielens), train, config, {"device": "cpu"})
+    phases = []
+    summary = distill(tiny_student(movielens), train, config,
+                      RunOptions(checkpoint=tmp_path / "ckpt.pt"),
+                      progress=lambda phase, done, total: phases.append((phase, done, total)))
+    assert summary.size == (4, 6) and (tmp_path / "ckpt.pt").exists()
+    # one pretrained student of 4 steps, then the teacher trained on (pretrain_steps: 4)
+    assert [p for p in phases if p[0] == "pretrained students"][-1] == (
+        "pretrained students", 4, 4)
+
+
+@pytest.mark.parametrize("make", [sasrec, gru4rec, nextitnet])
+def test_ranking_scores_only_the_last_position_as_the_forward_does(make):
+    torch.manual_seed(0)
+    model = make(30, max_len=9).eval()
+    x = torch.randint(0, 31, (5, 9))
+    x[0, :4] = 0  # a padded history
+    torch.testing.assert_close(last_logits(model, x), model(x)[:, -1])
