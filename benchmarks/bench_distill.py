@@ -38,6 +38,7 @@ from farzi_fast.distillation.presets import preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
 from farzi_fast.distillation.summary import FarziData
 from farzi_fast.files import atomic_save, safe_load
+from farzi_fast.training import protocol
 from farzi_fast.training.metrics import score_recommendations
 from farzi_fast.training.protocol import Recipe, fit, fit_and_test, popularity_summary
 from farzi_fast.training.train import random_subset
@@ -92,7 +93,7 @@ VALIDATION_SEED_OFFSET = 500_009
 # "full data" hold each user's last max_len + 1 training events, the baseline of older tables
 ALL_EVENTS = "full data: every training event"
 EVALUATION = Recipe()  # every number in the table: one recipe for every data source
-VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)  # scoring summaries mid-run
+VALIDATION = protocol.VALIDATION  # scoring summaries mid-run
 CHECKPOINT_EVERY = 5  # outer steps between a run's checkpoints (a few seconds each at most)
 
 

@@ -23,14 +23,11 @@ from farzi_fast.distillation.outer_step import draw_loops, inner_loop
 from farzi_fast.distillation.presets import preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
 from farzi_fast.engine import unroll
-from farzi_fast.training import Recipe, load_task, recommendation_task, train_student
+from farzi_fast.training import VALIDATION, load_task, recommendation_task, train_student
 from farzi_fast.training.metrics import evaluate_recommender
 
 from .report import write_report
 from .timing import device_name, peak_resident_mb
-
-# the CLI's validation recipe: a student trained on the summary, validated every 50 steps
-VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)
 
 
 def timed(fn):

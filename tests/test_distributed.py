@@ -118,7 +118,7 @@ def test_two_ranks_killed_then_resumed_equal_a_straight_run(data_dir, tmp_path):
 def test_meta_batch_must_divide_over_the_ranks(data_dir, tmp_path):
     result = farzi_cli(data_dir, tmp_path / "run", "--meta-batch", "3", ranks=2)
     assert result.returncode != 0
-    assert "farzi-fast: error: --meta-batch 3 is not divisible by the 2 processes" in result.stderr
+    assert "farzi-fast: error: --meta-batch (3) must be divisible by the number of processes (2)" in result.stderr
     assert "farzi_fast/" not in result.stderr  # torchrun reports the exit; no trace of ours
     assert not (tmp_path / "run").exists()
 

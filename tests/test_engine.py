@@ -620,3 +620,22 @@ def test_second_backward_is_refused_clearly():
     value.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
         value.backward()
+
+
+def test_a_tensor_the_inner_loss_closes_over_is_refused_not_left_without_gradient():
+    """A meta-tensor kept in a module the loss closes over, instead of passed through meta=,
+    would get no gradient from the reverse pass: refused by name, never silent."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+
+    def closes_over(f, t):
+        return f(x).pow(2).mean()
+
+    with pytest.raises(ValueError, match=r"reaches 1 tensor\(s\) that require grad but are "
+                                         r"not meta \(shapes \(4, 3\)"):
+        unroll(model, closes_over, 3, lr=1e-2)
+    trained = unroll(model, lambda f, t, x: f(x).pow(2).mean(), 3, meta=(x,), lr=1e-2)
+    sum(p.sum() for p in trained.values()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    unroll(model, lambda f, t: f(x.detach()).pow(2).mean(), 3, lr=1e-2)  # a constant: fine

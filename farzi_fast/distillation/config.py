@@ -130,6 +130,13 @@ class DistillConfig:
         """Steps the default teacher trains: teacher_steps, or pretrain_steps when unset."""
         return self.pretrain_steps if self.teacher_steps is None else self.teacher_steps
 
+    def check_processes(self, world: int) -> None:
+        """Refuse a meta_batch the `world` processes cannot share evenly."""
+        if self.meta_batch % world:
+            raise ValueError(f"meta_batch ({self.meta_batch}) must be divisible by the number "
+                             f"of processes ({world}): each runs the same number of inner "
+                             f"loops")
+
     def as_dict(self) -> dict:
         """Plain JSON-ready values, field name -> value."""
         values = dataclasses.asdict(self)

@@ -87,9 +87,7 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
     vocab = _check_students(students, train)
     validate_every = require_int("validate_every", validate_every, minimum=0)
     ranks = Ranks.of(run.process_group)
-    if config.meta_batch % ranks.world:
-        raise ValueError(f"meta_batch ({config.meta_batch}) must be divisible by the number of "
-                         f"processes ({ranks.world}): each runs the same number of inner loops")
+    config.check_processes(ranks.world)
     device = torch.device(run.device) if run.device is not None else \
         next(students[0].parameters()).device
     students = [s.to(device) for s in students]

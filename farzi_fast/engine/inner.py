@@ -144,6 +144,8 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
                                        contextlib.nullcontext()):
                 leaf = w.detach().requires_grad_()
                 loss = _inner_loss(problem, leaf, t, meta)
+                if t == 1:
+                    _refuse_closed_over(loss, leaf)
                 (g,) = torch.autograd.grad(loss, leaf)
         # Checked by value after the first step only: a module that updates its buffers
         # (BatchNorm in train mode) does so at every step, and comparing costs a pass.
@@ -169,6 +171,29 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
                          f"{losses[t - 1].item():.6g}, is)")
     return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses,
                         counter.get_total_flops() if counter else None)
+
+
+def _refuse_closed_over(loss: torch.Tensor, params: torch.Tensor) -> None:
+    """Refuse an inner loss that reaches a tensor requiring grad other than the parameters:
+    one it closes over instead of receiving through `meta=`, which the reverse pass would
+    leave without a gradient, silently."""
+    seen, stack, found = set(), [loss.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad: a leaf's gradient
+        if variable is not None and variable is not params:
+            found.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    if found:
+        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in found[:3])
+        raise ValueError(
+            f"loss_fn reaches {len(found)} tensor(s) that require grad but are not meta "
+            f"(shapes {shapes}): the reverse pass would give them no gradient. Pass them "
+            f"with meta=(...) and use the copies loss_fn receives as loss_fn(f, t, *meta), or "
+            f"detach them if they are constants")
 
 
 @dataclass

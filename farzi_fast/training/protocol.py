@@ -35,6 +35,11 @@ class Recipe:
         require_positive("weight_decay", self.weight_decay, zero_ok=True)
 
 
+# How a summary is scored while it is distilled (the command line's validations and the
+# benchmarks'): a student trained from scratch on it for at most 600 steps, validated every 50.
+VALIDATION = Recipe(max_steps=600, eval_every=50, patience=4)
+
+
 @dataclass
 class Fit:
     valid: dict             # validation metrics of the checkpoint chosen on validation

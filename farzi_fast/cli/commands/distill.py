@@ -4,10 +4,10 @@ checkpoint.pt (atomic, for --resume), farzi.pt (the summary) and distill.png."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from ...distillation.presets import Preset
 from ...distillation.reports import plot_log
 from ...files import atomic_write_text, read_jsonl, safe_load
 from ...student_spec import StudentSizes
-from ...training import Recipe, fit
+from ...training import VALIDATION, fit
 from ..options import as_options, given
 from ..progress import Progress
 from ..sources import data_preset, load_source
@@ -93,9 +93,10 @@ def check_folder(out: Path, settings: dict, resume: bool) -> None:
 def run(args) -> int:
     chosen = chosen_preset(args)
     ranks = Ranks.of()
-    if chosen.config.meta_batch % ranks.world:
-        raise ValueError(f"--meta-batch {chosen.config.meta_batch} is not divisible by the "
-                         f"{ranks.world} processes: each runs the same number of inner loops")
+    try:
+        chosen.config.check_processes(ranks.world)
+    except ValueError as error:
+        raise as_options(error, ["meta_batch"]) from None
     out = Path(args.out)
     settings = run_settings(args, chosen)
     check_folder(out, settings, args.resume)
@@ -109,9 +110,9 @@ def run(args) -> int:
     def make(architecture):
         """A fresh student; a refusal names the options as typed."""
         try:
-            return task.student(**asdict(sizes), architecture=architecture)
+            return task.student(**dataclasses.asdict(sizes), architecture=architecture)
         except ValueError as error:
-            raise as_options(error, asdict(sizes)) from None
+            raise as_options(error, dataclasses.asdict(sizes)) from None
 
     students = [make(a) for a in architectures]
     rows = task.train_rows()
@@ -134,8 +135,8 @@ def run(args) -> int:
     log = RunLog(out / "log.jsonl", checkpoint if args.resume else None)
     shown = Progress(args.quiet, chosen.config.outer_steps, log.start_step)
     shown.note(describe_run(task, chosen, args))
-    recipe = Recipe(lr=args.train_lr, max_steps=args.train_steps,
-                    eval_every=max(1, min(50, args.train_steps)), patience=4)
+    recipe = dataclasses.replace(VALIDATION, lr=args.train_lr, max_steps=args.train_steps,
+                                 eval_every=min(VALIDATION.eval_every, args.train_steps))
     # the users a validation ranks: a fixed sample of a large log (reported numbers come
     # from `farzi-fast train`/`evaluate`, which rank every user)
     validation_task = task.sample_users(args.validation_users, seed=args.seed)
