@@ -639,3 +639,17 @@ def test_a_tensor_the_inner_loss_closes_over_is_refused_not_left_without_gradien
     sum(p.sum() for p in trained.values()).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     unroll(model, lambda f, t: f(x.detach()).pow(2).mean(), 3, lr=1e-2)  # a constant: fine
+
+
+def test_autocast_around_the_engine_is_refused_by_name():
+    """The reverse pass recomputes outside the caller's autocast: a silently different
+    gradient (7.5e-3 drift measured on a toy model), so it is refused."""
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            pytest.raises(ValueError, match=r"under torch.autocast \(cpu\)"):
+        unroll(model, lambda f, t, x: f(x).pow(2).mean(), 2, meta=(x,))
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            pytest.raises(ValueError, match="under torch.autocast"):
+        meta_gradient(model, lambda f, t, x: f(x).pow(2).mean(), lambda f: f(x).sum(), 2,
+                      meta=(x,))

@@ -297,3 +297,21 @@ def test_a_user_sample_keeps_the_catalogue(data_dir):
     assert movielens.sample_users(5000) is movielens
     assert [len(s) for s in movielens.sample_users(100, seed=3).sequences] == \
         [len(s) for s in sample.sequences]  # the same users for the same seed
+
+
+def test_a_log_too_small_or_a_run_too_large_is_refused_before_it_starts(tmp_path, capsys,
+                                                                       monkeypatch):
+    log, run = tmp_path / "log.csv", tmp_path / "run"
+    write_log(log)
+    base = ["distill", "--interactions", str(log), "--max-len", "6", "--out", str(run)]
+    assert cli(base + ["--size", "20x4"]) == 2
+    assert "--size 20x4 asks for 20 synthetic sequences but the log has 11 users" in \
+        capsys.readouterr().err
+    from farzi_fast.cli.commands import distill as command
+
+    monkeypatch.setattr(command, "available_bytes", lambda: 1e8)
+    assert cli(base + ["--size", "3x4"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about 0.4 GB at its peak" in err and "0.1 GB are available: lower " \
+        "--outer-batch, --size or --max-len" in err
+    assert not run.exists()

@@ -48,6 +48,14 @@ class MetaGradient:
 def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, anchor_head,
              backend, compile):
     steps = require_int("steps", steps, 1, "the number of inner Adam steps")
+    autocast = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    if autocast:
+        # the reverse pass recomputes each step's gradient later, outside this context: under
+        # autocast it would differentiate another function than the forward ran
+        raise ValueError(f"unroll/meta_gradient called under torch.autocast ({autocast[0]}): "
+                         f"the reverse pass recomputes every step outside it, so the gradient "
+                         f"would silently differ; call it outside autocast (mixed precision "
+                         f"inner loops are not supported)")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(f, t, *meta), got "
                         f"{type(loss_fn).__name__}")

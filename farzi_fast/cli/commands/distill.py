@@ -14,6 +14,7 @@ import torch
 
 from ...distillation.checkpoint import changed_settings
 from ...distillation.config import DistillConfig, RunOptions
+from ...distillation.cost import available_bytes, peak_bytes
 from ...distillation.outer_loop import distill
 from ...distillation.parallel import Ranks
 from ...distillation.presets import Preset
@@ -101,6 +102,7 @@ def run(args) -> int:
     settings = run_settings(args, chosen)
     check_folder(out, settings, args.resume)
     task = load_source(args, chosen.max_len)  # fails before anything is written
+    check_fits(task, chosen)
     if args.interactions:
         settings["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
     torch.manual_seed(args.seed)
@@ -176,6 +178,23 @@ def run(args) -> int:
     return 0
 
 
+def check_fits(task, chosen: Preset) -> None:
+    """Refuse, before anything runs, a log with fewer users than the summary has sequences
+    and a run whose estimated peak memory exceeds what the machine has available."""
+    mu, xi = chosen.config.size
+    if task.recommends and task.data.num_users < mu:
+        raise ValueError(f"--size {mu}x{xi} asks for {mu} synthetic sequences but the log has "
+                         f"{task.data.num_users} users with 3 or more events: lower --size")
+    vocab = task.data.num_items + 1 if task.recommends else task.data.vocab_size
+    need, have = peak_bytes(chosen.config, chosen.max_len, vocab), available_bytes()
+    if have is not None and need > have:
+        raise ValueError(f"this run needs about {need / 1e9:.1f} GB at its peak (summary "
+                         f"{mu}x{xi} over {vocab} items, --outer-batch "
+                         f"{chosen.config.outer_batch}, --max-len {chosen.max_len}) and "
+                         f"{have / 1e9:.1f} GB are available: lower --outer-batch, --size or "
+                         f"--max-len")
+
+
 def describe_run(task, chosen: Preset, args) -> str:
     """One line: the data's shape and what the run will do with it."""
     config = chosen.config
@@ -188,10 +207,13 @@ def describe_run(task, chosen: Preset, args) -> str:
     else:
         data = f"{task.data.vocab_size} tokens in the vocabulary"
         validation = f"validation every {chosen.validate_every} outer steps"
+    vocab = task.data.num_items + 1 if task.recommends else task.data.vocab_size
+    memory = peak_bytes(config, chosen.max_len, vocab) / 1e9
     return (f"distill: {data}; preset {args.preset}: {mu}x{xi} summary, "
             f"{config.outer_steps} outer steps of {config.meta_batch} x {config.inner_steps} "
             f"inner steps, teacher {config.teacher_training_steps} steps, "
-            f"{validation if chosen.validate_every else 'no validation'}")
+            f"{validation if chosen.validate_every else 'no validation'}; about "
+            f"{memory:.1f} GB at the peak")
 
 
 class RunLog:
