@@ -653,3 +653,60 @@ def test_autocast_around_the_engine_is_refused_by_name():
             pytest.raises(ValueError, match="under torch.autocast"):
         meta_gradient(model, lambda f, t, x: f(x).pow(2).mean(), lambda f: f(x).sum(), 2,
                       meta=(x,))
+
+
+def test_the_users_adam_or_adamw_gives_the_keyword_forms_result_and_is_left_untouched():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+
+    def loss(f, t, x):
+        return f(x).pow(2).mean()
+
+    def grad(**kwargs):
+        x.grad = None
+        trained = unroll(model, loss, 5, meta=(x,), **kwargs)
+        sum(p.pow(2).sum() for p in trained.values()).backward()
+        return x.grad.clone()
+
+    adamw = torch.optim.AdamW(model.parameters(), lr=3e-2, betas=(0.8, 0.99), eps=1e-6,
+                              weight_decay=0.1)
+    before = copy.deepcopy(adamw.state_dict())
+    assert torch.equal(grad(optimizer=adamw),
+                       grad(lr=3e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1))
+    assert adamw.state_dict() == before and not adamw.state
+    adam = torch.optim.Adam(model.parameters(), lr=2e-2)
+    assert torch.equal(grad(optimizer=adam), grad(lr=2e-2))
+    outer = meta_gradient(model, loss, lambda f: f(x).sum(), 5, meta=(x,), optimizer=adam)
+    assert torch.allclose(outer.meta_grads[0],
+                          meta_gradient(model, loss, lambda f: f(x).sum(), 5, meta=(x,),
+                                        lr=2e-2).meta_grads[0])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+     r"optimizer=SGD cannot be reversed yet: the engine differentiates torch.optim.Adam and "
+     r"AdamW"),
+    (lambda ps: torch.optim.Adam(ps, weight_decay=1e-4),
+     r"Adam\(weight_decay=0.0001\) adds coupled L2 .* use torch.optim.AdamW"),
+    (lambda ps: torch.optim.Adam(ps, amsgrad=True), r"Adam\(amsgrad=True\) cannot be reversed"),
+    (lambda ps: torch.optim.AdamW([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.1}]),
+     "parameter groups with different hyperparameters"),
+    (lambda ps: torch.optim.Adam(ps[:1]), "optimizes 1 tensors but the model has 2 parameters"),
+])
+def test_an_optimizer_the_engine_cannot_reverse_is_refused_by_name(make, message):
+    model = nn.Linear(3, 2)
+    optimizer = make(list(model.parameters()))
+    with pytest.raises((TypeError, ValueError), match=message):
+        unroll(model, lambda f, t: f(torch.ones(1, 3)).sum(), 2, optimizer=optimizer)
+
+
+def test_an_optimizer_that_took_steps_or_keywords_beside_it_are_refused():
+    model = nn.Linear(3, 2)
+    adam = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="by optimizer= or by keyword, not both .*lr"):
+        unroll(model, lambda f, t: f(torch.ones(1, 3)).sum(), 2, optimizer=adam, lr=0.5)
+    model(torch.ones(1, 3)).sum().backward()
+    adam.step()
+    with pytest.raises(ValueError, match="has taken steps"):
+        unroll(model, lambda f, t: f(torch.ones(1, 3)).sum(), 2, optimizer=adam)

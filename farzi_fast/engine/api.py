@@ -14,6 +14,7 @@ from ..ops.hyper import AdamHyper
 from ..ops.validation import SUPPORTED_DTYPES
 from .flat import FlatLayout, FunctionalModel
 from .inner import DriftReport, InnerProblem, per_meta, run_forward, run_reverse
+from .optimizers import hyperparameters
 
 # Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
 # Two effects need them (docs/design.md, "Anchors"):
@@ -138,7 +139,7 @@ class _UnrollFunction(torch.autograd.Function):
 
 def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
            weight_decay=0.0, init=None, anchor_every=None, anchor_head=None,
-           backend="auto", compile=False) -> Trained:
+           backend="auto", compile=False, optimizer=None) -> Trained:
     """Train a functional copy of `model` for `steps` Adam steps; return its parameters.
 
     `loss_fn(f, t, *meta)` is the inner loss of step t (1-based), where `f(*args, **kwargs)`
@@ -184,6 +185,9 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
         anchor_every, anchor_head: the anchors' schedule (defaults 25 and 8).
         backend: the ops backend ("auto", "cpu", "cuda", "triton", "torch").
         compile: run the steps torch.compile'd (above).
+        optimizer: a fresh torch.optim.Adam or AdamW over `model.parameters()` whose
+            hyperparameters to use instead of the keywords (engine/optimizers.py says what
+            is refused); it is not modified.
 
     Returns:
         Trained: the parameters after `steps` steps, name -> tensor, differentiable with
@@ -195,6 +199,9 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
         NonFiniteError: the inner loss or a state is not finite.
         RuntimeError: a second backward through the same result.
     """
+    if optimizer is not None:
+        lr, betas, eps, weight_decay = hyperparameters(optimizer, model, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)).values()
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend, compile)
     layout = problem.layout
@@ -209,14 +216,14 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
 
 def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999),
                   eps=1e-8, weight_decay=0.0, init=None, anchor_every=None,
-                  anchor_head=None, backend="auto", compile=False) -> MetaGradient:
+                  anchor_head=None, backend="auto", compile=False, optimizer=None) -> MetaGradient:
     """The meta-objective `outer_fn(f)` after `steps` inner Adam steps, and its gradients with
     respect to every meta tensor that requires grad, the learning rate and the initial
     parameters, in one call.
 
     Args:
         model, loss_fn, steps, meta, lr, betas, eps, weight_decay, init, anchor_every,
-            anchor_head, backend, compile: as for :func:`unroll`.
+            anchor_head, backend, compile, optimizer: as for :func:`unroll`.
         outer_fn: `outer_fn(f) -> scalar tensor`, where `f` calls the model with the trained
             parameters.
 
@@ -227,6 +234,9 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
     Raises:
         ValueError: `outer_fn` does not return a scalar tensor; else as :func:`unroll`.
     """
+    if optimizer is not None:
+        lr, betas, eps, weight_decay = hyperparameters(optimizer, model, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)).values()
     problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
                        anchor_every, anchor_head, backend, compile)
     layout = problem.layout
