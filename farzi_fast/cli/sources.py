@@ -28,9 +28,9 @@ def load_source(args, max_len: int) -> Task:
     """The task of --dataset, --interactions or --text at the students' length `max_len`;
     users an interaction log drops are counted on stderr."""
     if args.text is not None:
-        data = load_text(args.text, args.valid, args.test, tokenizer=args.tokenizer,
+        text = load_text(args.text, args.valid, args.test, tokenizer=args.tokenizer,
                          bpe_vocab=args.bpe_vocab)
-        return language_task(data, "text", max_len)
+        return language_task(text, "text", max_len)
     if args.interactions is None:
         return load_task(args.dataset, args.data, max_len)
     data = load_interactions(args.interactions, format=args.format, sep=args.sep,
@@ -48,7 +48,8 @@ def identity(task: Task) -> str:
     log's or text's vocabulary."""
     if task.name not in ("interactions", "text"):
         return task.name
-    return f"{task.name}:" + hashlib.sha256("\n".join(task.vocabulary).encode()).hexdigest()[:16]
+    names = "\n".join(task.vocabulary or [])
+    return f"{task.name}:" + hashlib.sha256(names.encode()).hexdigest()[:16]
 
 
 def summary_of(run) -> tuple[FarziData, Path]:

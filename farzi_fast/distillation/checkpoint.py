@@ -94,8 +94,9 @@ def load_checkpoint(path, config: DistillConfig, identity: dict, vocab: int,
         raise ValueError(f"{path}: the summary must be finite tensors of shapes {shapes}")
     if len(saved["history"]) != step:
         raise ValueError(f"{path}: the meta-loss history must hold one value per step")
-    best = dict(saved["best"], summary=_restore(saved["best"]["summary"], config, vocab,
-                                                padding_id))
+    best_tensors = saved["best"]["summary"]
+    best = dict(saved["best"], summary=None if best_tensors is None else
+                _restore(best_tensors, config, vocab, padding_id))
     return RunState(step=step, summary=_restore(tensors, config, vocab, padding_id),
                     optimizer=saved["optimizer"], best=best,
                     sampler_rng=saved["sampler_rng"], torch_rng=saved["torch_rng"],
@@ -114,10 +115,8 @@ def _tensors(farzi: FarziData | None) -> list | None:
     return None if farzi is None else [t.detach().cpu() for t in farzi.meta]
 
 
-def _restore(tensors: list | None, config: DistillConfig, vocab: int,
-             padding_id: int | None) -> FarziData | None:
-    if tensors is None:
-        return None
+def _restore(tensors: list, config: DistillConfig, vocab: int,
+             padding_id: int | None) -> FarziData:
     farzi = FarziData(*config.size, vocab, config.latent_dim)
     farzi.padding_id = padding_id
     with torch.no_grad():

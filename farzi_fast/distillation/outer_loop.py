@@ -120,6 +120,7 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
     def consider(step: int) -> None:
         """Validate the current summary (on rank 0); keep it if it is the best so far."""
         score = None
+        assert validate is not None
         if ranks.leader:
             with torch.random.fork_rng(devices=[]):  # the run's randomness stays untouched
                 score = float(validate(step, farzi))

@@ -129,7 +129,7 @@ def apply_update(farzi: FarziData, optimizer: torch.optim.Optimizer, result: Out
         p.grad = grad
     before = farzi.soft().detach() if first else None
     optimizer.step()
-    if first and torch.equal(before, farzi.soft().detach()):
+    if before is not None and torch.equal(before, farzi.soft().detach()):
         # e.g. one-hot rows (teacher_share=0): logits at log(eps²), a saturated softmax
         # whose meta-gradient (~1e-14 of the real items') moves nothing a float holds
         warnings.warn(f"outer step {step} moved no soft token of the summary: its softmax "

@@ -50,6 +50,10 @@ class FarziData(nn.Module):
     file), `sample()` draws hard sequences, `describe(vocabulary, titles)` attaches the data's
     own ids."""
 
+    # set by distill(): the outer step the summary comes from, and the steps it skipped
+    selected_step: int | None
+    skipped_steps: list[int]
+
     def __init__(self, num_sequences: int, seq_len: int, vocab_size: int,
                  latent_dim: int | None = 8, temperature: float = 1.0,
                  generator: torch.Generator | None = None):

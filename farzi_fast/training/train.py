@@ -4,6 +4,7 @@ subset) or soft ones (a FarziData summary): the baselines every Farzi table need
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,7 +12,8 @@ from torch import nn
 from ..models import soft_padding
 
 
-def hard_loss(model: nn.Module, batch: torch.Tensor, padding_id: int | None = None) -> torch.Tensor:
+def hard_loss(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+              padding_id: int | None = None) -> torch.Tensor:
     """Next-item cross-entropy on rows of ids (batch × (L+1)); padding targets are ignored."""
     logits = model(batch[:, :-1])
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),

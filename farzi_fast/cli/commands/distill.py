@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ...data import RecommendationData
 from ...distillation.checkpoint import changed_settings
 from ...distillation.config import DistillConfig, RunOptions
 from ...distillation.cost import available_bytes, peak_bytes
@@ -103,7 +104,7 @@ def run(args) -> int:
     check_folder(out, settings, args.resume)
     task = load_source(args, chosen.max_len)  # fails before anything is written
     check_fits(task, chosen)
-    if args.interactions:
+    if isinstance(task.data, RecommendationData) and args.interactions:
         settings["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
     torch.manual_seed(args.seed)
     architectures = settings["architectures"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ...data import RecommendationData
 from ...distillation.reports import plot_inspection, popularity_comparison
 from ..sources import check_vocabulary, data_preset, load_source, summary_of
 
@@ -42,7 +43,7 @@ def run(args) -> int:
     print("entropy per position (mean over sequences): " + " ".join(
         "-" if math.isnan(e) else f"{e:.2f}" for e in per_position.tolist()))
     comparison = None
-    if task is not None and task.recommends:
+    if task is not None and isinstance(task.data, RecommendationData):
         comparison = popularity_comparison(farzi, task.data.item_counts())
         print("popularity: " + ", ".join(f"{k} {v:.3f}" for k, v in comparison.items()))
     png = Path(args.png) if args.png else path.with_name("inspect.png")
