@@ -94,6 +94,11 @@ def test_own_log_distill_export_inspect_train_evaluate(tmp_path, capsys):
                 "--quiet"]) == 0
     assert "1 users with fewer than 3 interactions dropped" in capsys.readouterr().err
     assert json.loads((run / "config.json").read_text())["dropped_users"] == 1
+    assert cli(["distill", *source, *small, "--out", str(run), "--size", "3x4",
+                "--inner-steps", "2", "--outer-steps", "3", "--pretrained-students", "1",
+                "--pretrain-steps", "4", "--validate-every", "0", "--outer-batch", "8",
+                "--quiet", "--resume"]) == 0  # a log's run resumes, further
+    capsys.readouterr()
     summary = FarziData.load(run / "farzi.pt")
     assert summary.vocabulary[1] == "item-0" and summary.titles[1] == "Title item-0"
     assert summary.padding_id == 0

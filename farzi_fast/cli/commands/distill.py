@@ -86,6 +86,7 @@ def check_folder(out: Path, settings: dict, resume: bool) -> None:
     if saved.get("run_format") != RUN_FORMAT:
         raise ValueError(f"{out} was written by an older farzi-fast (run format "
                          f"{saved.get('run_format', 1)}); start a new run in another --out")
+    saved.pop("dropped_users", None)  # derived from the data, which its path names
     different = changed_settings(saved, settings)
     if different:
         raise ValueError("refusing to resume with a different configuration: " + ", ".join(
