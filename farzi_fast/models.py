@@ -54,6 +54,7 @@ def real_items_first(x: torch.Tensor, padding_id: int) -> tuple[torch.Tensor, to
     items (not `padding_id`; for soft inputs, not `soft_padding`) moved to its front in order,
     and the count of real items at or before each position (`back_in_place`'s index)."""
     padding = soft_padding(x, padding_id) if x.is_floating_point() else x == padding_id
+    assert padding is not None  # padding_id is an id
     order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)  # real items first
     if x.is_floating_point():
         order = order[..., None].expand_as(x)
@@ -84,6 +85,9 @@ class SequenceStudent(nn.Module):
 
 class LinearOutputStudent(SequenceStudent):
     """A SequenceStudent whose logits are a linear layer `out` after dropout `drop`."""
+
+    out: nn.Linear
+    drop: nn.Dropout
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Next-item logits (... × vocab) from `features` (... × dim)."""
@@ -254,17 +258,18 @@ class CausalCNN(LinearOutputStudent):
         self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel, dilation=2 ** i)
                                    for i in range(2 * blocks))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2 * blocks))
+        # each convolution's causal left padding: (kernel - 1) times its dilation
+        self.left_pads = [(kernel - 1) * 2 ** i for i in range(2 * blocks)]
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(dim, vocab_size)
 
     def _convolve(self, h: torch.Tensor) -> torch.Tensor:
         for i in range(0, len(self.convs), 2):
             y = h
-            for conv, norm in zip(self.convs[i:i + 2], self.norms[i:i + 2]):
+            for j in (i, i + 1):
                 # left padding only: a position sees itself and the items before it
-                y = conv(nn.functional.pad(y.transpose(1, 2),
-                                           (conv.dilation[0] * (conv.kernel_size[0] - 1), 0)))
-                y = torch.relu(norm(y.transpose(1, 2)))
+                y = self.convs[j](nn.functional.pad(y.transpose(1, 2), (self.left_pads[j], 0)))
+                y = torch.relu(self.norms[j](y.transpose(1, 2)))
             h = h + self.drop(y)
         return h
 

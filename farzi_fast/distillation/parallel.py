@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ class RankFailureError(RuntimeError):
 
 @dataclass(frozen=True)
 class Ranks:
-    group: object  # a torch.distributed process group, or None for a single process
+    group: Any  # a torch.distributed process group, or None for a single process
     rank: int = 0
     world: int = 1
 

@@ -32,10 +32,11 @@ def _reset_parameters(model: nn.Module, seed: int) -> None:
     """A fresh initialisation of `model`: each submodule's reset_parameters(), and a normal
     draw with the current scale for parameters no submodule resets (embeddings)."""
     torch.manual_seed(seed)
-    owned = set()
+    owned: set[int] = set()
     for module in model.modules():
-        if module is not model and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if module is not model and callable(reset):
+            reset()
             owned.update(id(p) for p in module.parameters(recurse=False))
     with torch.no_grad():
         for p in model.parameters():
@@ -111,6 +112,8 @@ def teacher_sequences(teacher: nn.Module | None, train: torch.Tensor, config: Di
             padding_id = getattr(teacher, "padding_id", None)
     elif config.teacher_share > 0:
         raise ValueError(f"teacher_share {config.teacher_share} needs a teacher (pass teacher=)")
+    if vocab_size is None:
+        raise ValueError("vocab_size is needed without a teacher")
     one_hot = nn.functional.one_hot(items, vocab_size).to(
         torch.get_default_dtype() if probs is None else probs.dtype)
     mixed = one_hot

@@ -93,7 +93,8 @@ class FarziData(nn.Module):
         if probs.dim() != 3 or not probs.is_floating_point():
             raise ValueError(f"probs must be a float tensor μ × ξ × V, got "
                              f"{tuple(probs.shape)}")
-        data = cls(*probs.shape, latent_dim, temperature, generator).to(probs.device)
+        mu, xi, vocab = probs.shape
+        data = cls(mu, xi, vocab, latent_dim, temperature, generator).to(probs.device)
         with torch.no_grad():
             if latent_dim is None:
                 data.latent.copy_(probs.clamp_min(probability_floor(data.latent.dtype)).log()
@@ -119,7 +120,8 @@ class FarziData(nn.Module):
 
     @property
     def size(self) -> tuple[int, int]:
-        return tuple(self.latent.shape[:2])
+        mu, xi = self.latent.shape[:2]
+        return int(mu), int(xi)
 
     @property
     def vocab_size(self) -> int:
@@ -192,12 +194,12 @@ class FarziData(nn.Module):
                          and isinstance(latent, torch.Tensor) and latent.dim() == 3
                          and latent.shape[2] == decoder.shape[0])
         direct_ok = decoder is None and isinstance(latent, torch.Tensor) and latent.dim() == 3
-        if not (factorised_ok or direct_ok):
+        if not (factorised_ok or direct_ok) or not isinstance(latent, torch.Tensor):
             raise ValueError(f"{path}: latent must be μ × ξ × d with a decoder d × V, or "
                              f"μ × ξ × V logits without one")
         if not all(bool(t.isfinite().all()) for t in (latent, decoder) if t is not None):
             raise ValueError(f"{path}: the summary holds NaN or infinite values")
-        vocab = decoder.shape[1] if factorised_ok else latent.shape[2]
+        vocab = decoder.shape[1] if isinstance(decoder, torch.Tensor) else latent.shape[2]
         data = cls(latent.shape[0], latent.shape[1], vocab,
                    latent.shape[2] if factorised_ok else None, float(state["temperature"]))
         with torch.no_grad():

@@ -66,7 +66,7 @@ def _reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper):
 # with symbolic sizes, and dropout under torch.func then failed to trace ("Cannot call
 # numel() on tensor with symbolic sizes", seen in the test suite). Per problem, only the step
 # number t changes from call to call, and Dynamo lets it turn dynamic after one recompile.
-_COMPILED = weakref.WeakKeyDictionary()  # model -> {problem key: the pair}
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: pair}
 _copies = itertools.count()
 
 

@@ -21,7 +21,9 @@ import contextlib
 import math
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,7 +38,7 @@ class InnerProblem:
     """Everything that defines the inner loop, validated."""
 
     functional: FunctionalModel
-    loss_fn: object  # loss_fn(f, t, *meta) -> scalar tensor
+    loss_fn: Callable[..., torch.Tensor]  # loss_fn(f, t, *meta) -> scalar tensor
     steps: int
     hyper: AdamHyper
     anchor_every: int
@@ -44,7 +46,7 @@ class InnerProblem:
     # The backend module itself (ops.dispatch.resolve), called without the public ops' checks:
     # the engine's buffers are valid by construction (one flat dtype/device/size, contiguous,
     # never aliased), and those checks cost 30 us a call, 6% of a small MLP's step.
-    kernels: object
+    kernels: Any
     compiled: bool = False  # per-step math by engine/compiled.py instead of eager autograd
 
     def compiles(self, t: int) -> bool:
@@ -293,7 +295,7 @@ class _Adjoints:
         self.m_bar, self.v_bar, self.g_bar = (torch.zeros_like(self.w_bar) for _ in range(3))
         self.lr_grad = torch.zeros((), dtype=torch.float64, device=self.w_bar.device)
         self.meta_bar = [torch.zeros_like(x) for x in wanted]
-        self.hvp = None
+        self.hvp: torch.Tensor | None = None
 
     def step(self, graph: _StepGraph) -> None:
         """Step graph.t from its eager graph."""
@@ -320,7 +322,7 @@ class _Adjoints:
 
     def finish(self) -> torch.Tensor:
         """dF/dw0: completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)."""
-        return self.w_bar + self.hvp
+        return self.w_bar if self.hvp is None else self.w_bar + self.hvp
 
 
 def _compiled_reverse(problem: InnerProblem, state: ForwardState, meta, needs,
@@ -350,8 +352,8 @@ def _overlapped(items, consume) -> None:
     producing item k+1 overlaps consuming item k. The handoff is a rendezvous: the producer
     waits until the worker has taken item k before it starts item k+2, so at most two items
     are alive at once (each holds a step's graph)."""
-    handoff = queue.Queue(maxsize=1)
-    failure = []
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    failure: list[BaseException] = []
 
     def worker():
         while True:

@@ -49,8 +49,9 @@ def last_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The logits of each row's last position: through `features`/`output` when the model
     splits its forward so (the package's students do), which spares the logits of every other
     position (seq times fewer over a large catalogue), else its whole forward's last row."""
-    if hasattr(model, "features") and hasattr(model, "output"):
-        return model.output(model.features(x)[:, -1])
+    features, output = getattr(model, "features", None), getattr(model, "output", None)
+    if callable(features) and callable(output):
+        return output(features(x)[:, -1])
     return model(x)[:, -1]
 
 
@@ -65,7 +66,8 @@ def score_recommendations(score_fn, model, data, split: str, max_len: int,
         model.eval()
     inputs, targets = data.split_inputs(split, max_len)
     histories = data.split_histories(split)
-    totals, count = {}, 0
+    totals: dict[str, float] = {}
+    count = 0
     for start in range(0, len(targets), batch_size):
         x = inputs[start:start + batch_size].to(device)
         y = targets[start:start + batch_size].to(device)

@@ -60,7 +60,7 @@ def fit(make_student: Callable[[], nn.Module], data: torch.Tensor, task,
         torch.manual_seed(seed)
         student = make_student()
         sign = 1.0 if task.higher_is_better else -1.0
-        best = {"score": -float("inf"), "state": None, "valid": None, "step": 0}
+        best: dict = {"score": -float("inf"), "state": None, "valid": None, "step": 0}
         counters = {"since_best": 0, "last": 0}
 
         def validate(step, _loss):

@@ -26,7 +26,7 @@ from .metrics import evaluate_recommender, perplexity
 @dataclass
 class Task:
     name: str
-    data: object
+    data: RecommendationData | LanguageData
     max_len: int
     metric: str            # the headline metric
     higher_is_better: bool
@@ -44,7 +44,7 @@ class Task:
         convolutional one of `layers` blocks (`heads` unused by both)."""
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        if self.recommends:
+        if isinstance(self.data, RecommendationData):
             if architecture == "gru":
                 return gru4rec(self.data.num_items, self.max_len, dim, layers, dropout)
             if architecture == "cnn":
@@ -59,7 +59,8 @@ class Task:
     @property
     def vocabulary(self) -> list[str] | None:
         """The data's own name for each id (item ids, words), when it has them."""
-        return self.data.vocabulary if self.recommends else self.data.vocab
+        data = self.data
+        return data.vocabulary if isinstance(data, RecommendationData) else data.vocab
 
     @property
     def padding_id(self) -> int | None:
@@ -68,31 +69,31 @@ class Task:
 
     @property
     def titles(self) -> list[str] | None:
-        return self.data.titles if self.recommends else None
+        return self.data.titles if isinstance(self.data, RecommendationData) else None
 
     def train_rows(self) -> torch.Tensor:
         """Real training sequences, rows of max_len + 1 ids: for recommendation each user's
         last max_len + 1 training items (what a distillation draws from), for text the
         whole training text in chunks."""
-        if self.recommends:
+        if isinstance(self.data, RecommendationData):
             return self.data.train_batch(self.max_len)
         return self.data.chunks("train", self.max_len + 1)
 
     def sample_users(self, count: int, seed: int = 0) -> Task:
         """The task with its validation and test ranking over `count` users drawn once (all
         when there are no more); text is returned as it is."""
-        if not self.recommends:
+        if not isinstance(self.data, RecommendationData):
             return self
         return dataclasses.replace(self, data=self.data.sample_users(count, seed))
 
     def all_events(self) -> torch.Tensor:
         """Every training event as a target once, rows of max_len + 1 ids: the full data."""
-        if self.recommends:
+        if isinstance(self.data, RecommendationData):
             return self.data.train_windows(self.max_len)
         return self.data.chunks("train", self.max_len + 1)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        if self.recommends:
+        if isinstance(self.data, RecommendationData):
             return evaluate_recommender(model, self.data, split, self.max_len)
         return {"perplexity": perplexity(model, self.data, split, self.max_len)}
 
