@@ -78,22 +78,10 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
     number of ranks (up to float summation order). Only rank 0 validates and writes the
     checkpoint; every `run.check_every` outer steps the ranks compare a checksum.
     """
-    if not isinstance(config, DistillConfig):
-        raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
     run = RunOptions() if run is None else run
-    if not isinstance(run, RunOptions):
-        raise TypeError(f"run must be a RunOptions, got {type(run).__name__}")
-    students = _as_list(students)
-    vocab = _check_students(students, train)
     validate_every = require_int("validate_every", validate_every, minimum=0)
-    ranks = Ranks.of(run.process_group)
-    config.check_processes(ranks.world)
-    device = torch.device(run.device) if run.device is not None else \
-        next(students[0].parameters()).device
-    students = [s.to(device) for s in students]
+    students, vocab, ranks, device = _prepare(students, train, config, run)
     dtype = next(students[0].parameters()).dtype  # the summary follows the students' precision
-    padding_id = getattr(students[0], "padding_id", None)
-
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     identity = run_identity(students, train)
@@ -101,14 +89,8 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
     ranks.agree("configuration, data and student", [config.as_dict(), identity,
                                                     validate is not None, validate_every,
                                                     run.check_every])
-    state = (load_checkpoint(run.checkpoint, config, identity, vocab, padding_id)
-             if run.resume and run.checkpoint is not None else None)
-    if state is not None:
-        state.pool = [{n: t.to(device) for n, t in p.items()} for p in state.pool]
-        state.summary = state.summary.to(device, dtype)
-        generator.set_state(state.sampler_rng)
-        torch.set_rng_state(state.torch_rng)
-    else:
+    state = _resumed(run, config, identity, vocab, students, device, dtype, generator)
+    if state is None:
         state = _fresh_start(students, train, config, teacher, vocab, device, dtype, ranks,
                              generator, progress)
     farzi = state.summary
@@ -163,6 +145,41 @@ def distill(students: nn.Module | list[nn.Module], train: torch.Tensor,
     farzi.selected_step = state.best["step"] if validate is not None else config.outer_steps
     farzi.skipped_steps = state.skipped
     return farzi
+
+
+def _prepare(students, train: torch.Tensor, config: DistillConfig,
+             run: RunOptions) -> tuple[list[nn.Module], int, Ranks, torch.device]:
+    """The checked arguments: the students as a list on the run's device, their shared
+    vocabulary, and the ranks the run is split over."""
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+    if not isinstance(run, RunOptions):
+        raise TypeError(f"run must be a RunOptions, got {type(run).__name__}")
+    students = _as_list(students)
+    vocab = _check_students(students, train)
+    ranks = Ranks.of(run.process_group)
+    config.check_processes(ranks.world)
+    device = torch.device(run.device) if run.device is not None else \
+        next(students[0].parameters()).device
+    return [s.to(device) for s in students], vocab, ranks, device
+
+
+def _resumed(run: RunOptions, config: DistillConfig, identity: dict, vocab: int,
+             students: list[nn.Module], device: torch.device, dtype: torch.dtype,
+             generator: torch.Generator) -> RunState | None:
+    """The state of the checkpoint a resumed run continues from, on the run's device with
+    its random streams restored; None when there is none to resume."""
+    if not run.resume or run.checkpoint is None:
+        return None
+    padding_id = getattr(students[0], "padding_id", None)
+    state = load_checkpoint(run.checkpoint, config, identity, vocab, padding_id)
+    if state is None:
+        return None
+    state.pool = [{n: t.to(device) for n, t in p.items()} for p in state.pool]
+    state.summary = state.summary.to(device, dtype)
+    generator.set_state(state.sampler_rng)
+    torch.set_rng_state(state.torch_rng)
+    return state
 
 
 def _fresh_start(students: list[nn.Module], train: torch.Tensor, config: DistillConfig,
