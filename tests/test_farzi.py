@@ -4,6 +4,7 @@ and the command line. Small configurations: these check behaviour, not the paper
 
 import json
 import math
+import re
 import warnings
 
 import pytest
@@ -724,3 +725,27 @@ def test_cli_distill_resume_train_evaluate(movielens, data_dir, tmp_path, capsys
                 str(student)]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"valid", "test"}
 
+
+
+def test_cli_distill_says_what_it_will_do_and_how_long_it_expects(data_dir, tmp_path, capsys):
+    """Before it starts: the data's shape, the settings and an estimate of the peak memory and
+    of the time, from a probe of this machine; then a bar per phase. --quiet says none of it,
+    and stdout holds only the result's JSON line either way."""
+    args = ["distill", "--dataset", "ml-100k", "--data", str(data_dir), "--max-len", "12",
+            "--dim", "8", "--layers", "1", "--size", "4x6", "--inner-steps", "2",
+            "--outer-steps", "2", "--pretrained-students", "1", "--pretrain-steps", "3",
+            "--teacher-steps", "5", "--validate-every", "1", "--train-steps", "2",
+            "--outer-batch", "32"]
+    assert cli(args + ["--out", str(tmp_path / "loud")]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["size"] for line in out.splitlines()] == [[4, 6]]
+    assert "distill: 943 users, 1682 items, 100000 events; preset cpu: 4x6 summary, 2 outer " \
+        "steps of 1 x 2 inner steps, teacher 5 steps, validation every 1 outer steps on 943 " \
+        "users; about 0." in err
+    assert re.search(r"expected on this machine: about \d+ s \(start \d+ s, outer steps \d+ s, "
+                     r"validations up to \d+ s\)", err)
+    for phase in ("pretrained students", "teacher", "outer steps", "validation at outer step 2"):
+        assert phase in err, phase
+    assert cli(args + ["--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 1

@@ -25,12 +25,14 @@ class Progress:
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         """A phase of the start (distill()'s `progress` hook)."""
-        if phase != self.phase:
+        if phase != self.phase or self.start_bar is None:
             self._close_start()
             self.phase = phase
             self.start_bar = self._bar(total=total, desc=phase, unit="step")
         assert self.start_bar is not None
         self.start_bar.update(done - self.start_bar.n)
+        if done >= total:  # the phase is over: its bar stops its clock
+            self._close_start()
 
     def _close_start(self) -> None:
         if self.start_bar is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from ...distillation.cost import available_bytes, peak_bytes
 from ...distillation.outer_loop import distill
 from ...distillation.parallel import Ranks
 from ...distillation.presets import Preset
+from ...distillation.probe import expected_seconds
 from ...distillation.reports import plot_log
 from ...files import atomic_write_text, read_jsonl, safe_load
 from ...student_spec import StudentSizes
@@ -146,6 +148,10 @@ def run(args) -> int:
     validation_task = task.sample_users(args.validation_users, seed=args.seed)
     sign = 1.0 if task.higher_is_better else -1.0
 
+    if not args.quiet:  # the probe takes seconds; a quiet run has no one to tell
+        shown.note(expected_line(students, rows, chosen, recipe, log.start_step,
+                                 len(architectures), validation_task))
+
     def validate(step, farzi):
         """A student of each architecture trained on the summary: their mean metrics."""
         each = {}
@@ -216,6 +222,41 @@ def describe_run(task, chosen: Preset, args) -> str:
             f"inner steps, teacher {config.teacher_training_steps} steps, "
             f"{validation if chosen.validate_every else 'no validation'}; about "
             f"{memory:.1f} GB at the peak")
+
+
+def expected_line(students, rows, chosen: Preset, recipe, done: int, architectures: int,
+                  validation_task) -> str:
+    """How long the rest of the run should take on this machine (`probe.expected_seconds`)."""
+    config = chosen.config
+    fresh = done == 0
+    start_steps = 0
+    if fresh:
+        start_steps = config.pretrained_students * config.pretrain_steps * len(students)
+        if config.init == "teacher" and config.teacher_share > 0:
+            start_steps += config.teacher_training_steps - (
+                config.pretrain_steps if config.pretrained_students else 0)
+    every = chosen.validate_every
+    validations = 0
+    if every:
+        validations = int(fresh) + sum(1 for s in range(done + 1, config.outer_steps + 1)
+                                       if s % every == 0 or s == config.outer_steps)
+    expected = expected_seconds(
+        students[0], rows, config, teacher_steps=start_steps,
+        outer_steps=config.outer_steps - done, validations=validations,
+        validation_steps=architectures * recipe.max_steps,
+        evaluations=architectures * math.ceil(recipe.max_steps / recipe.eval_every),
+        rank_once=lambda model: validation_task.evaluate(model, "valid"))
+    return (f"expected on this machine: about {_duration(expected.total)} (start "
+            f"{_duration(expected.teacher)}, outer steps {_duration(expected.outer_loop)}, "
+            f"validations up to {_duration(expected.validation)})")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class RunLog:
