@@ -153,6 +153,8 @@ def test_a_rank_leaves_without_the_interpreters_teardown(monkeypatch, tmp_path, 
     threads can abort the interpreter's teardown after a finished run); a bug's traceback
     still propagates, after the group is left."""
     from farzi_fast import cli
+    from farzi_fast.cli import processes
+    from farzi_fast.cli.commands import distill as distill_command
 
     left = []
 
@@ -167,8 +169,8 @@ def test_a_rank_leaves_without_the_interpreters_teardown(monkeypatch, tmp_path, 
         left.append(status)
         raise _Exited
 
-    monkeypatch.setattr(cli, "start_processes", lambda args: True)
-    monkeypatch.setattr(cli, "cmd_distill", run)
+    monkeypatch.setattr(processes, "join_processes", lambda args: True)
+    monkeypatch.setattr(distill_command, "run", run)
     monkeypatch.setattr(torch.distributed, "destroy_process_group",
                         lambda: left.append("destroyed"))
     monkeypatch.setattr(os, "_exit", exit_now)
