@@ -34,18 +34,20 @@ import torch
 
 from farzi_fast import DistillConfig, RunOptions, distill
 from farzi_fast.cli.options import non_negative, positive
+from farzi_fast.data import load_interactions
+from farzi_fast.distillation.budget import VALIDATION_USERS, fit_outer_steps, log_shape
 from farzi_fast.distillation.presets import preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
 from farzi_fast.distillation.summary import FarziData
 from farzi_fast.files import atomic_save, safe_load
-from farzi_fast.training import protocol
+from farzi_fast.training import protocol, recommendation_task
 from farzi_fast.training.metrics import score_recommendations
 from farzi_fast.training.protocol import Recipe, fit, fit_and_test, popularity_summary
 from farzi_fast.training.train import random_subset
 
 from .report import write_report
 from .students import task_or_refuse
-from .timing import device_name
+from .timing import device_name, peak_resident_mb
 
 # Evaluation students: the distilled architecture, a recurrent one and a convolutional one
 # (a judge for summaries distilled with the first two).
@@ -133,7 +135,7 @@ def evaluate_source(results, task, cfg, source, data, tokens, device, seed=0, **
                          seconds=round(time.perf_counter() - start, 1), **extra))
 
 
-def baselines(results, task, cfg, device, draws: int):
+def baselines(results, task, cfg, device, draws: int, last_rows: bool = True):
     rows = task.train_rows()
     mu, xi = cfg["size"]
     if task.recommends:
@@ -151,8 +153,9 @@ def baselines(results, task, cfg, device, draws: int):
         if task.recommends:  # a text's rows are all of it already
             evaluate_source(results, task, cfg, ALL_EVENTS, every_event,
                             real_tokens(task, every_event), device, seed=seed)
-        evaluate_source(results, task, cfg, "full data", rows, real_tokens(task, rows), device,
-                        seed=seed)
+        if last_rows or not task.recommends:
+            evaluate_source(results, task, cfg, "full data", rows, real_tokens(task, rows),
+                            device, seed=seed)
     evaluate_source(results, task, cfg, "popularity summary",
                     popularity_summary(counts, mu, xi), mu * xi, device)
     for draw in range(draws):
@@ -207,10 +210,13 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     checkpoint, start_file = out / f"{stem}.ckpt", out / f"{stem}.start.pt"
     resumed = checkpoint.exists()  # then distill_seconds counts this process's part only
 
+    validation_task = task.sample_users(VALIDATION_USERS, seed)  # as the command line's
+
     def validate(step, farzi):
         if step == 0:
             atomic_save({"soft": farzi.soft().detach().cpu()}, start_file)
-        return statistics.mean(sign * fit(make, farzi.soft().detach(), task, VALIDATION,
+        return statistics.mean(sign * fit(make, farzi.soft().detach(), validation_task,
+                                          VALIDATION,
                                           seed + VALIDATION_SEED_OFFSET).valid[task.metric]
                                for make in makes)
 
@@ -238,6 +244,7 @@ def farzi_run(results, task, cfg, device, seed: int, variant: str, out: Path,
     seconds = round(time.perf_counter() - start, 1)
     summary.save(out / f"{stem}.pt")
     extra = dict(distill_seconds=seconds, selected_step=summary.selected_step,
+                 peak_mb=round(peak_resident_mb()),  # of the process so far
                  entropy=summary.entropy(), variant=variant,
                  **({"resumed": True} if resumed else {}))
     start_soft = safe_load(start_file, "summary start")["soft"].to(device)
@@ -378,7 +385,11 @@ def table(results, task) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=["ml-100k", "ptb"], required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=["ml-100k", "ptb"])
+    source.add_argument("--interactions", default=None,
+                        help="an interaction log (any format `farzi-fast distill` reads), "
+                             "distilled with the ml-100k preset fitted to its shape")
     parser.add_argument("--data", default=None)
     parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="default")
@@ -386,6 +397,9 @@ def main(argv=None):
     parser.add_argument("--draws", type=positive, default=3,
                         help="random subsets drawn, and full-data students trained (seeds)")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--no-last-rows", action="store_true",
+                        help="skip the baseline of each user's last max_len + 1 events (on a "
+                             "log of short histories it is the every-event one again)")
     parser.add_argument("--outer-steps", type=positive, default=None,
                         help="override the preset's (ablations at a shorter budget)")
     parser.add_argument("--threads", type=positive, default=None)
@@ -416,15 +430,26 @@ def main(argv=None):
                      f"{' with' if args.judges else ' without'} --judges, got {args.students}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = variant_preset(args.dataset, args.preset, args.variant)
+    family = args.dataset or "ml-100k"
+    cfg = variant_preset(family, args.preset, args.variant)
+    if args.interactions:
+        task = interactions_task(parser, args.interactions, cfg["max_len"])
+        if args.preset == "cpu":  # as `farzi-fast distill` fits it
+            shape = log_shape(task.data.train_sequences(), task.data.num_items,
+                              VALIDATION_USERS)
+            changes = {k: v for k, v in VARIANTS[args.variant].items()
+                       if k not in VARIANT_ONLY}
+            cfg = fit_outer_steps(preset(family, args.preset).replace(**(cfg | changes)),
+                                  shape, fixed=tuple(changes)).preset.settings()
+    else:
+        task = task_or_refuse(parser, args.dataset, args.data, cfg["max_len"])
     default_steps = cfg["outer_steps"]
     cfg["preset"] = args.preset
     cfg["eval_students"] = args.students or sorted(panel)
     if args.outer_steps:
         cfg["outer_steps"] = args.outer_steps
     cfg["eval_recipe"] = dataclasses.replace(EVALUATION, lr=args.eval_lr)
-    task = task_or_refuse(parser, args.dataset, args.data, cfg["max_len"])
-    name = f"distill-{args.dataset}-{args.preset}" + (
+    name = f"distill-{task.name}-{args.preset}" + (
         "" if args.eval_lr == EVALUATION.lr else f"-eval-lr-{args.eval_lr:g}") + (
         "-judges" if args.judges else "")
     if args.table_only:  # e.g. while a long run is still adding rows
@@ -433,7 +458,7 @@ def main(argv=None):
         rows = run(task, cfg, args.seeds, args.variant, args.draws, Path(args.out), name,
                    torch.device(args.device), with_baselines=not args.no_baselines,
                    default_steps=default_steps, start_only=args.start_only,
-                   exports=args.exports)
+                   exports=args.exports, last_rows=not args.no_last_rows)
     note = ("preset: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) +
             f"; evaluation students: {panel}")
     print(write_report(dict(device=device_name(torch.device(args.device)),
@@ -441,6 +466,16 @@ def main(argv=None):
                             config=cfg | dict(eval_recipe=dataclasses.asdict(cfg["eval_recipe"])),
                             rows=rows,
                             metric=task.metric), COLUMNS(task), name, args.out, note=note))
+
+
+def interactions_task(parser: argparse.ArgumentParser, path: str, max_len: int):
+    """The task of an interaction log, named after its file; a bad file ends in the
+    parser's one-line error."""
+    try:
+        data = load_interactions(path)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    return recommendation_task(data, Path(path).stem, max_len)
 
 
 def COLUMNS(task):
@@ -453,13 +488,13 @@ def COLUMNS(task):
 
 def run(task, cfg, seeds, variant, draws, out: Path, name: str, device,
         with_baselines=True, default_steps=None, start_only=False,
-        exports=False) -> list[dict]:
+        exports=False, last_rows=True) -> list[dict]:
     """Baselines, then a distillation per seed (or only its start, or students on its stored
     summary's exports), each result appended to OUT/NAME.jsonl; returns the table rows."""
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out / f"{name}.jsonl")
     if with_baselines:
-        baselines(results, task, cfg, device, draws)
+        baselines(results, task, cfg, device, draws, last_rows)
     for seed in seeds:
         if start_only:
             start_run(results, task, cfg, device, seed, variant)

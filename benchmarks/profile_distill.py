@@ -19,8 +19,9 @@ import torch
 
 from farzi_fast import RunOptions
 from farzi_fast.data import load_interactions
+from farzi_fast.distillation.budget import fit_outer_steps, log_shape
 from farzi_fast.distillation.outer_step import draw_loops, inner_loop
-from farzi_fast.distillation.presets import preset
+from farzi_fast.distillation.presets import Preset, preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
 from farzi_fast.engine import unroll
 from farzi_fast.training import VALIDATION, load_task, recommendation_task, train_student
@@ -36,9 +37,9 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def profile(task, preset_name: str, probe_steps: int, sample: int, outer_steps: int) -> list:
-    chosen = preset("ml-100k", preset_name)
-    config = dataclasses.replace(chosen.config, outer_steps=outer_steps)
+def profile(task, chosen: Preset, probe_steps: int, sample: int) -> list:
+    config = chosen.config
+    outer_steps = config.outer_steps
     sizes = dataclasses.asdict(chosen.student)
     rows = []
 
@@ -102,7 +103,7 @@ def profile(task, preset_name: str, probe_steps: int, sample: int, outer_steps: 
 def soft_loss_of(f, summary, meta, padding_id):
     from farzi_fast.training.train import soft_loss
 
-    return soft_loss(f, summary.soft(*meta), padding_id)
+    return soft_loss(f, summary.soft(*meta), padding_id, by_position=True)
 
 
 def main(argv=None):
@@ -132,11 +133,16 @@ def main(argv=None):
         task = load_task(args.dataset, args.data, max_len)
         name = args.dataset
     loading = time.perf_counter() - start
-    outer_steps = args.outer_steps or preset("ml-100k", args.preset).config.outer_steps
+    chosen = preset("ml-100k", args.preset)
+    if args.outer_steps:
+        chosen = chosen.replace(outer_steps=args.outer_steps)
+    elif args.interactions and args.preset == "cpu":  # as `farzi-fast distill` fits it
+        shape = log_shape(task.data.train_sequences(), task.data.num_items, args.sample)
+        chosen = fit_outer_steps(chosen, shape).preset
     rows = [dict(phase="data loading", seconds=round(loading, 3), units=1,
                  per_unit=round(loading, 4), per_run=1, run_seconds=round(loading, 1),
                  note=f"{task.data.num_users} users, {task.data.num_items} items")]
-    rows += profile(task, args.preset, args.probe_steps, args.sample, outer_steps)
+    rows += profile(task, chosen, args.probe_steps, args.sample)
     columns = [("phase", "phase"), ("per_unit", "s per unit"), ("units", "units timed"),
                ("per_run", "units in a run"), ("run_seconds", "s in a run"), ("note", "note")]
     total = sum(r["run_seconds"] for r in rows if "sampled" not in r["phase"]

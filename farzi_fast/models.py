@@ -49,20 +49,30 @@ def embed_inputs(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return x @ table if x.is_floating_point() else table[x]
 
 
-def real_items_first(x: torch.Tensor, padding_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For students that read a history in order whatever padding sits in it: each row's real
-    items (not `padding_id`; for soft inputs, not `soft_padding`) moved to its front in order,
-    and the count of real items at or before each position (`back_in_place`'s index)."""
+def embed_real(x: torch.Tensor, table: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """Soft inputs (batch × seq × vocab) multiplied into `table`, zero where `padding`: the
+    padding positions' products, most of a short-history summary's, are never computed."""
+    h = x.new_zeros(*x.shape[:-1], table.shape[-1])
+    real = ~padding
+    return h.index_put((real,), x[real] @ table)
+
+
+def embedded_real_first(x: torch.Tensor, table: torch.Tensor,
+                        padding_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For students that read a history in order whatever padding sits in it: the embedding
+    (`table`) of each row's real items (not `padding_id`; for soft inputs, not
+    `soft_padding`) moved to its front in order, and the count of real items at or before
+    each position (`back_in_place`'s index). Rows are reordered after embedding, in the
+    model's width rather than over the vocabulary; soft padding is never multiplied in."""
     padding = soft_padding(x, padding_id) if x.is_floating_point() else x == padding_id
     assert padding is not None  # padding_id is an id
+    h = embed_real(x, table, padding) if x.is_floating_point() else table[x]
     order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)  # real items first
-    if x.is_floating_point():
-        order = order[..., None].expand_as(x)
-    return x.gather(1, order), (~padding).long().cumsum(1)
+    return h.gather(1, order[..., None].expand_as(h)), (~padding).long().cumsum(1)
 
 
 def back_in_place(h: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """States computed over `real_items_first` rows, put back: each position takes the
+    """States computed over `embedded_real_first` rows, put back: each position takes the
     state after the last real item at or before it, the zero (no-history) state when none."""
     state = h.gather(1, (seen - 1).clamp_min(0)[..., None].expand_as(h))
     return torch.where((seen > 0)[..., None], state, 0.0)
@@ -73,8 +83,13 @@ class SequenceStudent(nn.Module):
     soft inputs) and `output(h)` (logits over the vocabulary), so that ranking the last
     position computes its logits only (`training.metrics.last_logits`)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.features(x))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-item logits, batch × seq × vocab; with `positions` (bool, batch × seq), only
+        those positions' logits, n × vocab in row-major order. A loss that ignores padding
+        targets asks for the others only: on short histories most of a row is padding, and
+        the logits over a large catalogue are most of a step's cost."""
+        h = self.features(x)
+        return self.output(h if positions is None else h[positions])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -170,12 +185,14 @@ class CausalTransformer(SequenceStudent):
         row needs its row of features only)."""
         check_inputs(x, self.vocab_size, self.max_len)
         if x.is_floating_point():
-            h, key_padding = x @ self.embed, soft_padding(x, self.padding_id)
+            key_padding = soft_padding(x, self.padding_id)
+            h = x @ self.embed if key_padding is None else \
+                embed_real(x, self.embed, key_padding)
         else:
             h = self.embed[x]
             key_padding = None if self.padding_id is None else x == self.padding_id
-        if key_padding is not None:
-            h = h.masked_fill(key_padding[..., None], 0.0)
+            if key_padding is not None:
+                h = h.masked_fill(key_padding[..., None], 0.0)
         length = x.shape[1]
         positions = self.pos[self.max_len - length:] if self.align == "right" else \
             self.pos[:length]
@@ -226,9 +243,9 @@ class GRU4Rec(LinearOutputStudent):
         check_inputs(x, self.vocab_size, self.max_len)
         if self.padding_id is None:
             return self.gru(self.drop(embed_inputs(x, self.embed)))[0]
-        inputs, seen = real_items_first(x, self.padding_id)
+        inputs, seen = embedded_real_first(x, self.embed, self.padding_id)
         packed = nn.utils.rnn.pack_padded_sequence(
-            self.drop(embed_inputs(inputs, self.embed)), seen[:, -1].clamp_min(1).cpu(),
+            self.drop(inputs), seen[:, -1].clamp_min(1).cpu(),
             batch_first=True, enforce_sorted=False)
         h, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
                                                 total_length=x.shape[1])
@@ -278,9 +295,9 @@ class CausalCNN(LinearOutputStudent):
         check_inputs(x, self.vocab_size, self.max_len)
         if self.padding_id is None:
             return self._convolve(self.drop(embed_inputs(x, self.embed)))
-        inputs, seen = real_items_first(x, self.padding_id)
+        inputs, seen = embedded_real_first(x, self.embed, self.padding_id)
         # the padding moved behind the real items is never read by them (causal)
-        h = self._convolve(self.drop(embed_inputs(inputs, self.embed)))
+        h = self._convolve(self.drop(inputs))
         return back_in_place(h, seen)
 
 

@@ -84,7 +84,9 @@ def test_benchmarks_refuse_missing_data_and_bad_counts_by_name(tmp_path, monkeyp
              (bench_anchors, ["--students", "LM distill (PTB)", "--data", empty], "--data"),
              (bench_distill, ["--dataset", "ml-100k", "--data", empty] + out, "--data"),
              (bench_distill, ["--dataset", "ptb", "--data", empty, "--table-only"] + out,
-              "--data")]
+              "--data"),
+             (bench_distill, ["--interactions", str(tmp_path / "no-log.txt")] + out,
+              "--interactions")]
     calls += [(bench_distill, ["--dataset", "ml-100k", option, value] + out, option)
               for option, value in [("--seeds", "-1"), ("--draws", "0"),
                                     ("--outer-steps", "0"), ("--threads", "two")]]

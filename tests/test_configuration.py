@@ -80,3 +80,79 @@ def test_ranking_scores_only_the_last_position_as_the_forward_does(make):
     x = torch.randint(0, 31, (5, 9))
     x[0, :4] = 0  # a padded history
     torch.testing.assert_close(last_logits(model, x), model(x)[:, -1])
+
+
+def _log(items, length, users=20_000):
+    from farzi_fast.distillation.budget import LogShape
+
+    return LogShape(users, items, (length,) * users, validation_users=2000)
+
+
+def test_the_cpu_preset_fits_its_outer_steps_to_a_log():
+    """Fewer outer steps for a larger catalogue, never more than the preset's nor fewer than
+    the floor, the model's expectation within the budget, validations every quarter; a
+    setting the user gave is kept as given."""
+    from farzi_fast.distillation import budget
+
+    cpu = preset("ml-100k", "cpu")
+    steps = []
+    for items in (1_682, 12_101, 18_357, 40_000):
+        fitted = budget.fit_outer_steps(cpu, _log(items, 9))
+        config = fitted.preset.config
+        assert budget.FEWEST_OUTER_STEPS <= config.outer_steps <= cpu.config.outer_steps
+        assert fitted.expected <= fitted.budget or \
+            config.outer_steps == budget.FEWEST_OUTER_STEPS
+        assert fitted.preset.validate_every == -(-config.outer_steps // 4)
+        assert fitted.changed == {"outer_steps": config.outer_steps,
+                                  "validate_every": fitted.preset.validate_every}
+        # everything else is the preset's
+        assert dataclasses.replace(config, outer_steps=100) == cpu.config
+        steps.append(config.outer_steps)
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
+    assert budget.budget_seconds(_log(1_682, 9)) < budget.budget_seconds(_log(12_101, 9)) \
+        <= 25 * 60
+    kept = budget.fit_outer_steps(cpu, _log(12_101, 9), fixed=("outer_steps",))
+    assert kept.preset == cpu and kept.changed == {}
+    every = budget.fit_outer_steps(cpu, _log(12_101, 9), fixed=("validate_every",))
+    assert every.preset.validate_every == cpu.validate_every
+    assert every.preset.config.outer_steps < cpu.config.outer_steps
+    # a history's padding costs nothing: longer histories, more real targets, more time
+    assert budget.fit_outer_steps(cpu, _log(12_101, 50)).preset.config.outer_steps < \
+        steps[1]
+
+
+def test_the_time_model_reads_the_validation_recipe_and_the_real_targets():
+    from farzi_fast.distillation import budget
+    from farzi_fast.training import VALIDATION
+
+    assert budget.VALIDATION_STEPS == VALIDATION.max_steps
+    assert budget.VALIDATION_RANKINGS == VALIDATION.max_steps // VALIDATION.eval_every
+    shape = budget.LogShape(3, 5, (2, 5, 30), 2000)
+    assert shape.real_targets(20) == pytest.approx((1 + 4 + 19) / 3)
+    assert shape.vocab == 6
+
+
+def test_distill_on_a_log_says_what_it_fitted(tmp_path):
+    """The command line fits --preset cpu to an interaction log unless --outer-steps is
+    given, and says what it chose; --preset paper is never fitted."""
+    from farzi_fast.cli.commands.distill import chosen_preset, fitted_to_log
+    from farzi_fast.cli.sources import load_source
+
+    log = tmp_path / "log.txt"
+    log.write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 40) for k in range(6))
+                           + "\n" for u in range(60)))
+    parser = build_parser()
+    args = parser.parse_args(["distill", "--interactions", str(log), "--out",
+                              str(tmp_path / "run")])
+    chosen = chosen_preset(args)
+    task = load_source(args, chosen.max_len)
+    fitted, line = fitted_to_log(args, chosen, task)
+    assert fitted.config.outer_steps < chosen.config.outer_steps
+    assert line.startswith(f"preset cpu fitted to this log: {fitted.config.outer_steps} "
+                           f"outer steps instead of 100")
+    pinned = parser.parse_args(["distill", "--interactions", str(log), "--outer-steps", "100",
+                                "--out", str(tmp_path / "run")])
+    assert fitted_to_log(pinned, chosen_preset(pinned), task) == (chosen_preset(pinned), None)
+    paper = parser.parse_args(["distill", "--interactions", str(log), "--preset", "paper",
+                               "--out", str(tmp_path / "run")])
+    assert fitted_to_log(paper, chosen_preset(paper), task)[1] is None

@@ -427,6 +427,77 @@ def test_distill_with_sgd_inner_loops_lowers_the_meta_loss(movielens):
                 **(DISTILL | dict(inner_optimizer="rmsprop")))
 
 
+def _masked_soft_loss(model, soft, padding_id):
+    """The soft loss written plainly: every position's logits, padding targets weighted 0."""
+    losses = -(soft[:, 1:] * model(soft[:, :-1]).log_softmax(-1)).sum(-1)
+    real = (soft[:, 1:, padding_id] <= 0.5).to(losses.dtype)
+    return (losses * real).sum() / real.sum().clamp_min(1.0)
+
+
+def test_losses_by_position_are_the_plain_losses():
+    """Asking the students for the logits of the positions with a real target only changes
+    neither a loss nor its gradients (float64, every student, soft and hard rows, a row of
+    padding only): the padding's logits were weighted 0."""
+    from farzi_fast.training.train import split_soft
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 21, (4, 7), generator=g)
+    ids[0, :3] = 0  # left-padded histories of different lengths, and a row of padding only
+    ids[1, :5] = 0
+    ids[2, :] = 0
+    soft = (torch.randn(4, 7, 21, generator=g, dtype=torch.float64) * 2).softmax(-1)
+    soft = soft * 0.4 + 0.6 * nn.functional.one_hot(ids, 21).double()
+    soft.requires_grad_()
+    for make in (sasrec, gru4rec, nextitnet):
+        model = make(20, max_len=6, dim=8, dropout=0.0).double()
+        for loss_fn, data, plain in (
+                (hard_loss, ids, lambda: hard_loss(model, ids, padding_id=0)),
+                (soft_loss, soft, lambda: _masked_soft_loss(model, soft, 0))):
+            tensors = [*model.parameters()] + ([soft] if data is soft else [])
+            expected = plain()
+            expected_grads = torch.autograd.grad(expected, tensors)
+            loss = loss_fn(model, data, padding_id=0, by_position=True)
+            torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+            for a, b in zip(torch.autograd.grad(loss, tensors), expected_grads):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert split_soft(soft, 0).real.sum(1).tolist() == [4, 2, 0, 6]  # targets: ids[:, 1:]
+
+
+def test_inner_loop_meta_gradient_skips_padding_exactly(movielens):
+    """An inner loop on a summary with padding positions (as a short-history log's start
+    has): its meta-gradient is that of the plain loss, every position's logits computed and
+    the summary's softmax taken at every step (float64)."""
+    from torch.func import functional_call
+
+    import farzi_fast
+    from farzi_fast.distillation.outer_step import inner_loop, loop_seed
+
+    student = tiny_student(movielens).double()
+    student.eval()  # the same dropout-free function in both formulations
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randn(4, 6, student.vocab_size, generator=g, dtype=torch.float64).softmax(-1)
+    probs[:2, :3] = 0.1 * probs[:2, :3] + 0.9 * nn.functional.one_hot(
+        torch.tensor(PADDING_ID), student.vocab_size).double()
+    farzi = FarziData.from_distributions(probs, latent_dim=None).double()
+    farzi.padding_id = PADDING_ID
+    init = {n: p.detach().clone() for n, p in student.named_parameters()}
+    real = movielens.train_batch(12)[:32]
+    config = DistillConfig((4, 6), 3, 1, inner_eps=1e-3)
+    loss, grads, _ = inner_loop(student, farzi, config, RunOptions(), init, real, PADDING_ID,
+                                1, 0)
+
+    torch.manual_seed(loop_seed(0, 1, 0))
+    trained = farzi_fast.unroll(
+        student, lambda f, t, *meta: _masked_soft_loss(f, farzi.soft(*meta), PADDING_ID),
+        3, meta=farzi.meta, lr=1e-2, eps=1e-3, init=init)
+    expected = nn.functional.cross_entropy(
+        functional_call(student, dict(trained), (real[:, :-1],)).flatten(0, 1),
+        real[:, 1:].flatten(), ignore_index=PADDING_ID)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, torch.autograd.grad(expected, farzi.meta)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_inner_loops_use_the_inner_eps(movielens):
     """The inner Adam's eps reaches the engine: an outer step's meta-gradient is unroll()'s
     with that eps, and differs from the one with torch's default."""

@@ -7,6 +7,7 @@ import argparse
 import re
 from typing import Any
 
+from ..distillation.budget import VALIDATION_USERS
 from ..distillation.config import DistillConfig, RunOptions, field_metadata
 from ..distillation.presets import NAMES, preset
 from ..student_spec import ARCHITECTURES, StudentSizes
@@ -115,7 +116,7 @@ def _distill(sub: Subparsers, formatter: type[argparse.HelpFormatter]) -> None:
     d.add_argument("--validate-every", type=non_negative, default=None,
                    help="validate the summary every N outer steps and keep the best (0: off, "
                         "the last summary is kept; default: the preset's)")
-    d.add_argument("--validation-users", type=positive, default=2000, metavar="N",
+    d.add_argument("--validation-users", type=positive, default=VALIDATION_USERS, metavar="N",
                    help="users a validation ranks: a fixed sample of a larger log (every "
                         "user of a smaller one)")
     d.add_argument("--train-steps", type=positive, default=600,

@@ -66,7 +66,7 @@ def summary_of(run) -> tuple[FarziData, Path]:
 def check_vocabulary(farzi: FarziData, task: Task, path) -> None:
     """A summary trains students of the data it was distilled from: same vocabulary."""
     vocabulary = task.vocabulary
-    size = len(vocabulary) if vocabulary is not None else task.student().vocab_size
+    size = len(vocabulary) if vocabulary is not None else task.vocab_size
     if farzi.vocab_size != size:
         raise ValueError(f"{path} has a vocabulary of {farzi.vocab_size} ids, the data {size}: "
                          f"it was distilled from other data")

@@ -13,7 +13,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ..engine import NonFiniteError, unroll, unrolled_sgd
-from ..training.train import hard_loss, soft_loss
+from ..models import SequenceStudent
+from ..training.train import SoftBatch, hard_loss, soft_batch_loss, split_soft
 from .config import DistillConfig, RunOptions
 from .parallel import Ranks
 from .summary import FarziData
@@ -96,26 +97,35 @@ def inner_loop(student: nn.Module, farzi: FarziData, config: DistillConfig, run:
     Raises:
         FloatingPointError: the inner loop's loss or states are not finite.
     """
-    def inner_loss(f, t, *meta):
-        return soft_loss(f, farzi.soft(*meta), padding_id)
+    by_position = isinstance(student, SequenceStudent)
+
+    def inner_loss(f, t, inputs, targets):
+        return soft_batch_loss(f, SoftBatch(inputs, batch.real, targets),
+                               by_position=by_position)
 
     device = real.device
+    # The soft sequences are computed and split once per loop, not at each of its steps and
+    # their reverse: the engine differentiates the loop with respect to the split tensors,
+    # and one softmax and slicing carry that gradient to the summary's tensors.
+    batch = split_soft(farzi.soft(), padding_id)
+    meta = (batch.inputs, batch.targets)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(loop_seed(config.seed, step, loop))
         try:
             if config.inner_optimizer == "sgd":
                 trained = unrolled_sgd(student, inner_loss, config.inner_steps,
-                                       meta=farzi.meta, lr=config.inner_lr, init=init)
+                                       meta=meta, lr=config.inner_lr, init=init)
             else:
-                trained = unroll(student, inner_loss, config.inner_steps, meta=farzi.meta,
+                trained = unroll(student, inner_loss, config.inner_steps, meta=meta,
                                  lr=config.inner_lr, eps=config.inner_eps, init=init,
                                  anchor_every=run.anchor_every, anchor_head=run.anchor_head,
                                  compile=config.compile)
         except NonFiniteError as error:
             raise FloatingPointError(f"outer step {step}, inner loop: {error}; the last "
                                      f"checkpoint was left as it was") from None
-        meta_loss = hard_loss(lambda x: functional_call(student, dict(trained), (x,)), real,
-                              padding_id)
+        meta_loss = hard_loss(
+            lambda x, **positions: functional_call(student, dict(trained), (x,), positions),
+            real, padding_id, by_position=by_position)
         grads = torch.autograd.grad(meta_loss, farzi.meta)
     report = getattr(trained, "report", None)
     return meta_loss.detach().double(), grads, report.max_anchor_drift if report else 0.0

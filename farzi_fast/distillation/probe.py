@@ -47,6 +47,16 @@ def _seconds_per_step(train_steps) -> float:
     return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
 
 
+def _like_the_start(train: torch.Tensor, config: DistillConfig, vocab: int) -> FarziData:
+    """A summary padded where the run's start will be: the ends of real rows, half their
+    mass on their ids (a padding position's logits are never computed, so on a log of short
+    histories they are most of a summary and the probe must see them)."""
+    mu, xi = config.size
+    ids = train[torch.arange(mu) % len(train), -xi:]
+    probs = 0.5 * nn.functional.one_hot(ids, vocab).float() + 0.5 / vocab
+    return FarziData.from_distributions(probs, config.latent_dim, fit_steps=1)
+
+
 def expected_seconds(student: nn.Module, train: torch.Tensor, config: DistillConfig, *,
                      teacher_steps: int, outer_steps: int, validations: int,
                      validation_steps: int, evaluations: int,
@@ -71,7 +81,7 @@ def expected_seconds(student: nn.Module, train: torch.Tensor, config: DistillCon
         teacher = _seconds_per_step(lambda callback: train_student(
             probe, rows, steps=TEACHER_PROBE_STEPS, lr=config.pretrain_lr, callback=callback))
         vocab = int(student.vocab_size)  # type: ignore[arg-type]  # the students expose it
-        summary = FarziData(*config.size, vocab, config.latent_dim)
+        summary = _like_the_start(train, config, vocab)
         summary.padding_id = getattr(student, "padding_id", None)
         summary = summary.to(next(student.parameters()).device)
         start = {n: p.detach().clone() for n, p in probe.named_parameters()}

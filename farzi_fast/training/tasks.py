@@ -37,6 +37,13 @@ class Task:
         language modelling."""
         return isinstance(self.data, RecommendationData)
 
+    @property
+    def vocab_size(self) -> int:
+        """The students' vocabulary: the items and padding, or the text's tokens."""
+        if isinstance(self.data, RecommendationData):
+            return self.data.num_items + 1
+        return self.data.vocab_size
+
     def student(self, dim: int = 50, heads: int = 1, layers: int = 2, dropout: float = 0.2,
                 architecture: str = "transformer") -> nn.Module:
         """A fresh student: the task's causal Transformer (SASRec on ml-100k), with

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ...data import RecommendationData
+from ...distillation.budget import fit_outer_steps, log_shape
 from ...distillation.checkpoint import changed_settings
 from ...distillation.config import DistillConfig, RunOptions
 from ...distillation.cost import available_bytes, peak_bytes
@@ -32,11 +33,17 @@ from ..sources import data_preset, load_source
 RUN_FORMAT = 2  # of config.json: a run folder of another format is refused on --resume
 
 
-def chosen_preset(args) -> Preset:
-    """The data's preset `--preset`, with every setting given on the command line."""
+def given_settings(args) -> dict:
+    """The settings given on the command line, name -> value (the seed always)."""
     changes = given(args, DistillConfig, skip=("seed",)) | given(args, StudentSizes)
     changes |= {k: getattr(args, k) for k in ("max_len", "validate_every")
                 if getattr(args, k) is not None}
+    return changes
+
+
+def chosen_preset(args) -> Preset:
+    """The data's preset `--preset`, with every setting given on the command line."""
+    changes = given_settings(args)
     changes["seed"] = args.seed
     if changes.get("pretrain_steps") and "teacher_steps" not in changes:
         # the teacher is the first pretrained student as trained, unless told otherwise
@@ -51,6 +58,27 @@ def chosen_preset(args) -> Preset:
         raise ValueError(f"--also-students {' '.join(args.also_students)} repeats an "
                          f"architecture (--architecture {args.architecture}): name each once")
     return chosen
+
+
+def fitted_to_log(args, chosen: Preset, task) -> tuple[Preset, str | None]:
+    """The `cpu` preset's outer steps fitted to the shape of the user's interaction log
+    (`budget.fit_outer_steps`), unless given on the command line; with a line saying what
+    was chosen (None when nothing was fitted). The named data sets (`--dataset`) keep the
+    budgets their results were measured with."""
+    if args.preset != "cpu" or args.interactions is None or \
+            not isinstance(task.data, RecommendationData):
+        return chosen, None
+    shape = log_shape(task.data.train_sequences(), task.data.num_items,
+                      args.validation_users)
+    fitted = fit_outer_steps(chosen, shape, fixed=tuple(given_settings(args)))
+    if not fitted.changed:
+        return chosen, None
+    before = chosen.config.outer_steps
+    return fitted.preset, (
+        f"preset cpu fitted to this log: {fitted.preset.config.outer_steps} outer steps "
+        f"instead of {before} (validation every {fitted.preset.validate_every}), for about "
+        f"{fitted.expected / 60:.0f} min on 2 cores against a budget of "
+        f"{fitted.budget / 60:.0f} min; --outer-steps sets them")
 
 
 def run_settings(args, chosen: Preset) -> dict:
@@ -103,9 +131,10 @@ def run(args) -> int:
     except ValueError as error:
         raise as_options(error, ["meta_batch"]) from None
     out = Path(args.out)
+    task = load_source(args, chosen.max_len)  # fails before anything is written
+    chosen, fitting = fitted_to_log(args, chosen, task)
     settings = run_settings(args, chosen)
     check_folder(out, settings, args.resume)
-    task = load_source(args, chosen.max_len)  # fails before anything is written
     check_fits(task, chosen)
     if isinstance(task.data, RecommendationData) and args.interactions:
         settings["dropped_users"] = task.data.dropped_users  # fewer than 3 interactions
@@ -140,6 +169,8 @@ def run(args) -> int:
     atomic_write_text(out / "config.json", json.dumps(settings, indent=2) + "\n")
     log = RunLog(out / "log.jsonl", checkpoint if args.resume else None)
     shown = Progress(args.quiet, chosen.config.outer_steps, log.start_step)
+    if fitting is not None:
+        shown.note(fitting)
     shown.note(describe_run(task, chosen, args))
     recipe = dataclasses.replace(VALIDATION, lr=args.train_lr, max_steps=args.train_steps,
                                  eval_every=min(VALIDATION.eval_every, args.train_steps))
@@ -193,7 +224,7 @@ def check_fits(task, chosen: Preset) -> None:
     if task.recommends and task.data.num_users < mu:
         raise ValueError(f"--size {mu}x{xi} asks for {mu} synthetic sequences but the log has "
                          f"{task.data.num_users} users with 3 or more events: lower --size")
-    vocab = task.data.num_items + 1 if task.recommends else task.data.vocab_size
+    vocab = task.vocab_size
     need, have = peak_bytes(chosen.config, chosen.max_len, vocab), available_bytes()
     if have is not None and need > have:
         raise ValueError(f"this run needs about {need / 1e9:.1f} GB at its peak (summary "
@@ -215,7 +246,7 @@ def describe_run(task, chosen: Preset, args) -> str:
     else:
         data = f"{task.data.vocab_size} tokens in the vocabulary"
         validation = f"validation every {chosen.validate_every} outer steps"
-    vocab = task.data.num_items + 1 if task.recommends else task.data.vocab_size
+    vocab = task.vocab_size
     memory = peak_bytes(config, chosen.max_len, vocab) / 1e9
     return (f"distill: {data}; preset {args.preset}: {mu}x{xi} summary, "
             f"{config.outer_steps} outer steps of {config.meta_batch} x {config.inner_steps} "
