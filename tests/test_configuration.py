@@ -88,37 +88,46 @@ def _log(items, length, users=20_000):
     return LogShape(users, items, (length,) * users, validation_users=2000)
 
 
-def test_the_cpu_preset_fits_its_outer_steps_to_a_log():
+def test_the_cpu_preset_fits_a_log():
     """Fewer outer steps for a larger catalogue, never more than the preset's nor fewer than
-    the floor, the model's expectation within the budget, validations every quarter; a
-    setting the user gave is kept as given."""
+    the floor, the model's expectation within the budget, validations every quarter, the
+    teacher's labels unsmoothed once the outer loop is cut, a teacher of at least 8 passes
+    over a large log's rows within 1500 steps; a setting the user gave is kept as given."""
     from farzi_fast.distillation import budget
 
     cpu = preset("ml-100k", "cpu")
     steps = []
     for items in (1_682, 12_101, 18_357, 40_000):
-        fitted = budget.fit_outer_steps(cpu, _log(items, 9))
+        fitted = budget.fit_to_log(cpu, _log(items, 9, users=3_000))
         config = fitted.preset.config
-        assert budget.FEWEST_OUTER_STEPS <= config.outer_steps <= cpu.config.outer_steps
+        assert budget.FEWEST_OUTER_STEPS <= config.outer_steps < cpu.config.outer_steps
         assert fitted.expected <= fitted.budget or \
             config.outer_steps == budget.FEWEST_OUTER_STEPS
         assert fitted.preset.validate_every == -(-config.outer_steps // 4)
         assert fitted.changed == {"outer_steps": config.outer_steps,
-                                  "validate_every": fitted.preset.validate_every}
-        # everything else is the preset's
-        assert dataclasses.replace(config, outer_steps=100) == cpu.config
+                                  "validate_every": fitted.preset.validate_every,
+                                  "uniform_share": 0.0}
+        unchanged = dict(outer_steps=100, uniform_share=0.5)
+        assert dataclasses.replace(config, **unchanged) == cpu.config  # the rest is the preset's
         steps.append(config.outer_steps)
     assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
     assert budget.budget_seconds(_log(1_682, 9)) < budget.budget_seconds(_log(12_101, 9)) \
         <= 25 * 60
-    kept = budget.fit_outer_steps(cpu, _log(12_101, 9), fixed=("outer_steps",))
+    # a teacher of 8 passes over the rows (20k users: 1250 steps of 128), at most 1500 steps;
+    # a small log's (3k users) keeps the preset's 400 steps, already more passes
+    assert budget.fit_to_log(cpu, _log(12_101, 9)).changed["teacher_steps"] == 1250
+    assert budget.fit_to_log(cpu, _log(12_101, 9, users=90_000)).changed["teacher_steps"] \
+        == budget.MOST_TEACHER_STEPS
+    kept = budget.fit_to_log(cpu, _log(12_101, 9), fixed=("outer_steps", "teacher_steps"))
     assert kept.preset == cpu and kept.changed == {}
-    every = budget.fit_outer_steps(cpu, _log(12_101, 9), fixed=("validate_every",))
+    every = budget.fit_to_log(cpu, _log(12_101, 9),
+                              fixed=("validate_every", "uniform_share"))
     assert every.preset.validate_every == cpu.validate_every
+    assert every.preset.config.uniform_share == cpu.config.uniform_share
     assert every.preset.config.outer_steps < cpu.config.outer_steps
     # a history's padding costs nothing: longer histories, more real targets, more time
-    assert budget.fit_outer_steps(cpu, _log(12_101, 50)).preset.config.outer_steps < \
-        steps[1]
+    assert budget.fit_to_log(cpu, _log(12_101, 50, users=3_000)).preset.config.outer_steps \
+        < steps[1]
 
 
 def test_the_time_model_reads_the_validation_recipe_and_the_real_targets():
@@ -148,8 +157,8 @@ def test_distill_on_a_log_says_what_it_fitted(tmp_path):
     task = load_source(args, chosen.max_len)
     fitted, line = fitted_to_log(args, chosen, task)
     assert fitted.config.outer_steps < chosen.config.outer_steps
-    assert line.startswith(f"preset cpu fitted to this log: {fitted.config.outer_steps} "
-                           f"outer steps instead of 100")
+    assert line.startswith(f"preset cpu fitted to this log: --outer-steps 100 -> "
+                           f"{fitted.config.outer_steps}, --validate-every 25 -> ")
     pinned = parser.parse_args(["distill", "--interactions", str(log), "--outer-steps", "100",
                                 "--out", str(tmp_path / "run")])
     assert fitted_to_log(pinned, chosen_preset(pinned), task) == (chosen_preset(pinned), None)

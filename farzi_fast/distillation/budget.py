@@ -1,6 +1,7 @@
-"""The `cpu` preset fitted to an interaction log's shape: how many outer steps of the preset's
-inner loops fit a wall-time budget on 2 CPU cores, from a time model of each phase in the
-data's sizes (catalogue V, users, how many of each row's positions hold a real event).
+"""The `cpu` preset fitted to an interaction log's shape: a teacher trained for the log's size,
+and as many outer steps of the preset's inner loops as fit a wall-time budget on 2 CPU cores,
+from a time model of each phase in the data's sizes (catalogue V, users, how many of each row's
+positions hold a real event).
 
 The model's constants were measured with `benchmarks/profile_distill.py` on MovieLens-100K
 (V = 1,683, long histories) and Amazon Beauty (V = 12,102, histories of 9 events on average)
@@ -27,6 +28,8 @@ SMALLEST_BUDGET_MIN = 8.0   # minutes for a log of a few items
 LARGEST_BUDGET_MIN = 25.0   # minutes for a catalogue of LARGE_CATALOGUE items and more
 LARGE_CATALOGUE = 25_000
 FEWEST_OUTER_STEPS = 8
+TEACHER_EPOCHS = 8        # passes over the log's rows the teacher makes at least...
+MOST_TEACHER_STEPS = 1500  # ...within the steps an evaluation student may train
 
 
 @dataclass(frozen=True)
@@ -119,30 +122,43 @@ def budget_seconds(shape: LogShape) -> float:
     return 60 * (SMALLEST_BUDGET_MIN + (LARGEST_BUDGET_MIN - SMALLEST_BUDGET_MIN) * share)
 
 
-def fit_outer_steps(preset: Preset, shape: LogShape, fixed: Sequence[str] = (),
-                    model: SecondsModel = REFERENCE) -> Fitted:
-    """`preset` with as many outer steps (at most its own) as fit `budget_seconds(shape)`
-    after the teacher and the validations, and validations every quarter of them. The
-    settings named in `fixed` (given by the user) are kept as they are.
+def fit_to_log(preset: Preset, shape: LogShape, fixed: Sequence[str] = (),
+               model: SecondsModel = REFERENCE) -> Fitted:
+    """`preset` fitted to a log, each setting unless named in `fixed` (given by the user):
+    - `teacher_steps`: at least TEACHER_EPOCHS passes over the log's rows, at most
+      MOST_TEACHER_STEPS (a large log's teacher otherwise sees each user about twice);
+    - `outer_steps`: as many as fit `budget_seconds(shape)` after the teacher and the
+      validations, at most the preset's, and `validate_every` a quarter of them;
+    - `uniform_share` 0 when the outer steps were cut: the start is then most of what the
+      summary is, and the teacher's labels as they are make a better one (the smoothing only
+      gives the outer loop room above them).
 
     Returns:
         The fitted preset, its budget, the model's expected seconds and what changed.
     """
+    config = preset.config
+    changes: dict = {}
+    if "teacher_steps" not in fixed:
+        passes = -(-TEACHER_EPOCHS * shape.users // TEACHER_BATCH)
+        steps = max(config.teacher_training_steps, min(MOST_TEACHER_STEPS, passes))
+        if steps != config.teacher_training_steps:
+            changes["teacher_steps"] = steps
+    fitted = preset.replace(**changes)
     budget = budget_seconds(shape)
     validations = 5  # the start's and 4 more
-    changes: dict = {}
     if "outer_steps" not in fixed:
-        left = budget - model.teacher(preset, shape) - validations * model.validation(
-            preset, shape)
-        fits = int(left // model.outer_step(preset, shape))
-        steps = max(FEWEST_OUTER_STEPS, min(preset.config.outer_steps, fits))
-        if steps != preset.config.outer_steps:
+        left = budget - model.teacher(fitted, shape) - validations * model.validation(
+            fitted, shape)
+        fits = int(left // model.outer_step(fitted, shape))
+        steps = max(FEWEST_OUTER_STEPS, min(config.outer_steps, fits))
+        if steps != config.outer_steps:
             changes["outer_steps"] = steps
-    steps = changes.get("outer_steps", preset.config.outer_steps)
-    if "validate_every" not in fixed and preset.validate_every and changes:
-        changes["validate_every"] = -(-steps // 4)  # the start's and 4 more
-    fitted = preset.replace(**changes) if changes else preset
-    every = fitted.validate_every
+            if "validate_every" not in fixed and preset.validate_every:
+                changes["validate_every"] = -(-steps // 4)  # the start's and 4 more
+            if "uniform_share" not in fixed and config.uniform_share:
+                changes["uniform_share"] = 0.0
+    fitted = preset.replace(**changes)
+    steps, every = fitted.config.outer_steps, fitted.validate_every
     runs = (1 + -(-steps // every)) if every else 0  # the last step validates too
     expected = (model.teacher(fitted, shape) + steps * model.outer_step(fitted, shape)
                 + runs * model.validation(fitted, shape))

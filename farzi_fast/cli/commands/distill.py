@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ...data import RecommendationData
-from ...distillation.budget import fit_outer_steps, log_shape
+from ...distillation.budget import fit_to_log, log_shape
 from ...distillation.checkpoint import changed_settings
 from ...distillation.config import DistillConfig, RunOptions
 from ...distillation.cost import available_bytes, peak_bytes
@@ -26,7 +26,7 @@ from ...distillation.reports import plot_log
 from ...files import atomic_write_text, read_jsonl, safe_load
 from ...student_spec import StudentSizes
 from ...training import VALIDATION, fit
-from ..options import as_options, given
+from ..options import as_options, given, option
 from ..progress import Progress
 from ..sources import data_preset, load_source
 
@@ -61,24 +61,28 @@ def chosen_preset(args) -> Preset:
 
 
 def fitted_to_log(args, chosen: Preset, task) -> tuple[Preset, str | None]:
-    """The `cpu` preset's outer steps fitted to the shape of the user's interaction log
-    (`budget.fit_outer_steps`), unless given on the command line; with a line saying what
-    was chosen (None when nothing was fitted). The named data sets (`--dataset`) keep the
-    budgets their results were measured with."""
+    """The `cpu` preset fitted to the shape of the user's interaction log
+    (`budget.fit_to_log`), each setting unless given on the command line; with a line
+    saying what was chosen (None when nothing was fitted). The named data sets (`--dataset`)
+    keep the settings their results were measured with."""
     if args.preset != "cpu" or args.interactions is None or \
             not isinstance(task.data, RecommendationData):
         return chosen, None
     shape = log_shape(task.data.train_sequences(), task.data.num_items,
                       args.validation_users)
-    fitted = fit_outer_steps(chosen, shape, fixed=tuple(given_settings(args)))
+    given_names = set(given_settings(args))
+    if "pretrain_steps" in given_names:  # the teacher is then the pretrained student
+        given_names.add("teacher_steps")
+    fitted = fit_to_log(chosen, shape, fixed=tuple(given_names))
     if not fitted.changed:
         return chosen, None
-    before = chosen.config.outer_steps
+    before = chosen.settings()
+    changes = ", ".join(f"{option(name)} {before[name]} -> {value}"
+                        for name, value in fitted.changed.items())
     return fitted.preset, (
-        f"preset cpu fitted to this log: {fitted.preset.config.outer_steps} outer steps "
-        f"instead of {before} (validation every {fitted.preset.validate_every}), for about "
-        f"{fitted.expected / 60:.0f} min on 2 cores against a budget of "
-        f"{fitted.budget / 60:.0f} min; --outer-steps sets them")
+        f"preset cpu fitted to this log: {changes}; about {fitted.expected / 60:.0f} min on "
+        f"2 cores against a budget of {fitted.budget / 60:.0f} min (an option given keeps "
+        f"its value)")
 
 
 def run_settings(args, chosen: Preset) -> dict:
