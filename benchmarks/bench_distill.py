@@ -35,7 +35,7 @@ import torch
 from farzi_fast import DistillConfig, RunOptions, distill
 from farzi_fast.cli.options import non_negative, positive
 from farzi_fast.data import load_interactions
-from farzi_fast.distillation.budget import VALIDATION_USERS, fit_outer_steps, log_shape
+from farzi_fast.distillation.budget import VALIDATION_USERS, fit_to_log, log_shape
 from farzi_fast.distillation.presets import preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
 from farzi_fast.distillation.summary import FarziData
@@ -439,7 +439,7 @@ def main(argv=None):
                               VALIDATION_USERS)
             changes = {k: v for k, v in VARIANTS[args.variant].items()
                        if k not in VARIANT_ONLY}
-            cfg = fit_outer_steps(preset(family, args.preset).replace(**(cfg | changes)),
+            cfg = fit_to_log(preset(family, args.preset).replace(**(cfg | changes)),
                                   shape, fixed=tuple(changes)).preset.settings()
     else:
         task = task_or_refuse(parser, args.dataset, args.data, cfg["max_len"])

@@ -19,7 +19,7 @@ import torch
 
 from farzi_fast import RunOptions
 from farzi_fast.data import load_interactions
-from farzi_fast.distillation.budget import fit_outer_steps, log_shape
+from farzi_fast.distillation.budget import fit_to_log, log_shape
 from farzi_fast.distillation.outer_step import draw_loops, inner_loop
 from farzi_fast.distillation.presets import Preset, preset
 from farzi_fast.distillation.start import initial_summary, pretrained_pool
@@ -138,7 +138,7 @@ def main(argv=None):
         chosen = chosen.replace(outer_steps=args.outer_steps)
     elif args.interactions and args.preset == "cpu":  # as `farzi-fast distill` fits it
         shape = log_shape(task.data.train_sequences(), task.data.num_items, args.sample)
-        chosen = fit_outer_steps(chosen, shape).preset
+        chosen = fit_to_log(chosen, shape).preset
     rows = [dict(phase="data loading", seconds=round(loading, 3), units=1,
                  per_unit=round(loading, 4), per_run=1, run_seconds=round(loading, 1),
                  note=f"{task.data.num_users} users, {task.data.num_items} items")]
