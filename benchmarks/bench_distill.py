@@ -440,7 +440,7 @@ def main(argv=None):
             changes = {k: v for k, v in VARIANTS[args.variant].items()
                        if k not in VARIANT_ONLY}
             cfg = fit_to_log(preset(family, args.preset).replace(**(cfg | changes)),
-                                  shape, fixed=tuple(changes)).preset.settings()
+                             shape, fixed=tuple(changes)).preset.settings()
     else:
         task = task_or_refuse(parser, args.dataset, args.data, cfg["max_len"])
     default_steps = cfg["outer_steps"]
