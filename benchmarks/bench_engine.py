@@ -14,12 +14,17 @@ which unrolled autograd would need more than --memory-budget-mb, default 12 GB, 
 alone, without ratios, students.unrolled_fits). TorchOpt's MetaAdam is a second baseline when
 torchopt is installed.
 
+`--optimizer` picks the inner optimizer, given to every method as the user's own
+torch.optim instance: Adam (default), or SGD plain, with momentum 0.9, or Nesterov (no
+compiled engine and no TorchOpt for SGD; its lr is the student's Adam lr).
+
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the allocation before the run;
 on the CPU, each point runs in a fresh process and reports its peak resident set above the
 resident set after a 2-step warm-up run (glibc's mmap threshold fixed, so freed blocks are
 returned rather than fragmenting the heap).
 
     python -m benchmarks.bench_engine [--steps 10,50,100,200,500] [--rounds 5] [--students ...]
+                                      [--optimizer adam|sgd|sgd-momentum|sgd-nesterov]
                                       [--device cuda] [--data DIR] [--out DIR]
                                       [--memory-budget-mb MB]
 """
@@ -56,42 +61,50 @@ from .timing import device_name, interleaved_medians, peak_resident_mb, resident
 # on which the Adam math is a large share of a step: what the fused kernels can speed up is
 # that share (research/NOTES.md, "engine").
 STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512), **WORKLOADS}
+# torch.optim.SGD's options per --optimizer ("adam": torch.optim.Adam)
+OPTIMIZERS = {"adam": None, "sgd": {}, "sgd-momentum": dict(momentum=0.9),
+              "sgd-nesterov": dict(momentum=0.9, nesterov=True)}
 
 
-def make_runner(problem_name: str, device: torch.device):
+def make_runner(problem_name: str, device: torch.device, optimizer: str = "adam"):
     """run(method, steps): one meta-gradient of the named problem by the named method."""
     model, problem = STUDENTS[problem_name](torch.float32, device=device)
+    sgd = OPTIMIZERS[optimizer]
+    users = (torch.optim.Adam(model.parameters(), lr=problem.lr) if sgd is None
+             else torch.optim.SGD(model.parameters(), lr=problem.lr, **sgd))
 
     def run(method: str, steps: int):
         if method == "unrolled autograd":
             return unrolled_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
-                                          meta=problem.meta, lr=problem.lr)
+                                          meta=problem.meta, optimizer=users)
         if method == TORCHOPT:
             return torchopt_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
                                           meta=problem.meta, lr=problem.lr)
         # "engine[cpu]" -> backend "cpu"; "engine[cpu, compiled]" -> "cpu", compile=True
         backend, *compiled = method.removeprefix("engine[").removesuffix("]").split(", ")
         return meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
-                             meta=problem.meta, lr=problem.lr, backend=backend,
+                             meta=problem.meta, optimizer=users, backend=backend,
                              compile=bool(compiled))
 
     return run
 
 
 def median_seconds_interleaved(problem_name: str, methods: list[str], steps: int,
-                               device: torch.device, rounds: int = 5) -> dict[str, float]:
+                               device: torch.device, rounds: int = 5,
+                               optimizer: str = "adam") -> dict[str, float]:
     """Median seconds per method over `rounds` rounds in which every method runs once."""
-    run = make_runner(problem_name, device)
+    run = make_runner(problem_name, device, optimizer)
     for method in methods:
         run(method, 2)  # warm-up: module loading, thread pools, the allocator's first blocks
     return interleaved_medians({m: lambda m=m: run(m, steps) for m in methods}, device,
                                warmup=0, repeats=rounds)
 
 
-def peak_mb(problem_name: str, method: str, steps: int, device: torch.device) -> float:
+def peak_mb(problem_name: str, method: str, steps: int, device: torch.device,
+            optimizer: str = "adam") -> float:
     """Peak memory of one meta-gradient above the memory held after a 2-step warm-up run.
     On the CPU this is only meaningful in a fresh process (see `_peak_in_subprocess`)."""
-    run = make_runner(problem_name, device)
+    run = make_runner(problem_name, device, optimizer)
     run(method, 2)
     sync(device)
     if device.type == "cuda":
@@ -104,19 +117,21 @@ def peak_mb(problem_name: str, method: str, steps: int, device: torch.device) ->
     return peak_resident_mb() - base
 
 
-def _peak_in_subprocess(problem_name: str, method: str, steps: int) -> float:
+def _peak_in_subprocess(problem_name: str, method: str, steps: int, optimizer: str) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine", "--one",
-                          json.dumps([problem_name, method, steps])],
+                          json.dumps([problem_name, method, steps, optimizer])],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS),
-        memory_budget_mb: int = MEMORY_BUDGET_MB) -> dict:
+        memory_budget_mb: int = MEMORY_BUDGET_MB, optimizer: str = "adam") -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
-    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt else [])]  # both keep every step
-    engines = ["engine[torch]", f"engine[{fused}]", f"engine[{fused}, compiled]"]
+    adam = optimizer == "adam"  # TorchOpt's MetaAdam and compile=True: Adam only
+    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt and adam else [])]
+    engines = ["engine[torch]", f"engine[{fused}]", *([f"engine[{fused}, compiled]"] if adam
+                                                      else [])]
     rows = []
     for problem_name in students:
         for steps in steps_list:
@@ -126,9 +141,11 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
             else:  # the engine alone, without ratios: what no baseline here could run
                 print(f"{problem_name} T={steps}: {' and '.join(unrolled)} skipped (would need "
                       f"more than --memory-budget-mb {memory_budget_mb})", file=sys.stderr)
-            seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds)
-            peaks = {method: peak_mb(problem_name, method, steps, device)
-                     if device.type == "cuda" else _peak_in_subprocess(problem_name, method, steps)
+            seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds,
+                                                 optimizer)
+            peaks = {method: peak_mb(problem_name, method, steps, device, optimizer)
+                     if device.type == "cuda"
+                     else _peak_in_subprocess(problem_name, method, steps, optimizer)
                      for method in methods}
             base = "unrolled autograd"
             for method in methods:
@@ -141,7 +158,7 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
             print(f"{problem_name} T={steps}: "
                   + ", ".join(f"{m} {seconds[m]:.2f}s {peaks[m]:.0f}MB" for m in methods),
                   file=sys.stderr)
-    return dict(device=device_name(device), torch=torch.__version__,
+    return dict(device=device_name(device), torch=torch.__version__, optimizer=optimizer,
                 threads=torch.get_num_threads(), rounds=rounds, rows=rows)
 
 
@@ -157,18 +174,21 @@ def main(argv=None):
     add_options(parser, STUDENTS, steps="10,50,100,200,500", name="engine",
                 budget="at a T where unrolled autograd (and TorchOpt) would need more MB, run "
                        "the engine alone")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                        help="the inner optimizer (default: adam)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
     if args.one:  # the parent checked the options and handed --data on in the environment
-        name, method, steps = json.loads(args.one)
-        print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"))))
+        name, method, steps, optimizer = json.loads(args.one)
+        print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"), optimizer)))
         return
     students = chosen_students(parser, args, STUDENTS)  # --data reaches the subprocesses too
     result = run(args.steps, torch.device(args.device), args.rounds, students,
-                 args.memory_budget_mb)
-    note = (f"{result['threads']} threads; seconds: median of {result['rounds']} rounds in "
-            f"which the methods take turns; float32")
-    print(write_report(result, COLUMNS, args.name, args.out, note))
+                 args.memory_budget_mb, args.optimizer)
+    note = (f"{result['threads']} threads; inner optimizer {args.optimizer}; seconds: median "
+            f"of {result['rounds']} rounds in which the methods take turns; float32")
+    name = args.name if args.optimizer == "adam" else f"{args.name}-{args.optimizer}"
+    print(write_report(result, COLUMNS, name, args.out, note))
 
 
 if __name__ == "__main__":

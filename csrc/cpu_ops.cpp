@@ -4,12 +4,16 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "adam_math.h"
+#include "sgd_math.h"
 
 namespace py = pybind11;
 using farzi_fast::AdamCoefficients;
 using farzi_fast::make_coefficients;
+using farzi_fast::make_sgd_coefficients;
+using farzi_fast::SgdCoefficients;
 
 namespace {
 
@@ -126,6 +130,85 @@ void adam_reverse_moments(uintptr_t m, uintptr_t v, uintptr_t g, uintptr_t m_bar
   }
 }
 
+// Plain SGD keeps no buffer: b (and b_bar) may be null, and are then never touched.
+template <typename T>
+FF_CPU_CLONES void sgd_step_loop(T* __restrict w, const T* __restrict g, T* __restrict b,
+                                 int64_t n, SgdCoefficients<T> c, int threads) {
+#pragma omp parallel for simd schedule(static) num_threads(threads) \
+    if (parallel : n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) {
+    T buffer = b ? b[i] : T(0);
+    farzi_fast::sgd_forward(w[i], g[i], buffer, c);
+    if (b) b[i] = buffer;
+  }
+}
+
+template <typename T, bool kHasHvp>
+FF_CPU_CLONES std::pair<double, double> sgd_reverse_loop(
+    const T* __restrict w, const T* __restrict g, const T* __restrict b, T* __restrict w_bar,
+    T* __restrict b_bar, T* __restrict g_bar, const T* __restrict hvp, int64_t n,
+    SgdCoefficients<T> c, int threads) {
+  double lr_grad = 0.0, momentum_grad = 0.0;
+#pragma omp parallel for simd schedule(static) num_threads(threads) \
+    reduction(+ : lr_grad, momentum_grad) if (parallel : n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) {
+    T buffer_bar = b_bar ? b_bar[i] : T(0);
+    double lr_term, momentum_term;
+    farzi_fast::sgd_reverse(w[i], g[i], b ? b[i] : T(0), w_bar[i], buffer_bar, g_bar[i],
+                            kHasHvp ? hvp[i] : T(0), kHasHvp, c, lr_term, momentum_term);
+    if (b_bar) b_bar[i] = buffer_bar;
+    lr_grad += lr_term;
+    momentum_grad += momentum_term;
+  }
+  return {lr_grad, momentum_grad};
+}
+
+void sgd_step(uintptr_t w, uintptr_t g, uintptr_t b, int64_t n, bool is_double, double lr,
+              double momentum, double dampening, double weight_decay, bool nesterov,
+              int64_t step, int threads) {
+  if (is_double) {
+    sgd_step_loop(ptr<double>(w), ptr<double>(g), ptr<double>(b), n,
+                  make_sgd_coefficients<double>(lr, momentum, dampening, weight_decay,
+                                                nesterov, step),
+                  threads);
+  } else {
+    sgd_step_loop(ptr<float>(w), ptr<float>(g), ptr<float>(b), n,
+                  make_sgd_coefficients<float>(lr, momentum, dampening, weight_decay, nesterov,
+                                               step),
+                  threads);
+  }
+}
+
+template <typename T>
+std::pair<double, double> sgd_reverse_typed(uintptr_t w, uintptr_t g, uintptr_t b,
+                                            uintptr_t w_bar, uintptr_t b_bar, uintptr_t g_bar,
+                                            uintptr_t hvp, int64_t n, SgdCoefficients<T> c,
+                                            int threads) {
+  if (hvp != 0) {
+    return sgd_reverse_loop<T, true>(ptr<T>(w), ptr<T>(g), ptr<T>(b), ptr<T>(w_bar),
+                                     ptr<T>(b_bar), ptr<T>(g_bar), ptr<T>(hvp), n, c, threads);
+  }
+  return sgd_reverse_loop<T, false>(ptr<T>(w), ptr<T>(g), ptr<T>(b), ptr<T>(w_bar),
+                                    ptr<T>(b_bar), ptr<T>(g_bar), nullptr, n, c, threads);
+}
+
+std::pair<double, double> sgd_reverse(uintptr_t w, uintptr_t g, uintptr_t b, uintptr_t w_bar,
+                                      uintptr_t b_bar, uintptr_t g_bar, uintptr_t hvp,
+                                      int64_t n, bool is_double, double lr, double momentum,
+                                      double dampening, double weight_decay, bool nesterov,
+                                      int64_t step, int threads) {
+  if (is_double) {
+    return sgd_reverse_typed<double>(
+        w, g, b, w_bar, b_bar, g_bar, hvp, n,
+        make_sgd_coefficients<double>(lr, momentum, dampening, weight_decay, nesterov, step),
+        threads);
+  }
+  return sgd_reverse_typed<float>(
+      w, g, b, w_bar, b_bar, g_bar, hvp, n,
+      make_sgd_coefficients<float>(lr, momentum, dampening, weight_decay, nesterov, step),
+      threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, module) {
@@ -134,4 +217,6 @@ PYBIND11_MODULE(_C, module) {
   module.def("adam_step", &adam_step, release_gil);
   module.def("adam_reverse_params", &adam_reverse_params, release_gil);
   module.def("adam_reverse_moments", &adam_reverse_moments, release_gil);
+  module.def("sgd_step", &sgd_step, release_gil);
+  module.def("sgd_reverse", &sgd_reverse, release_gil);
 }

@@ -20,6 +20,8 @@ PYBIND11_MODULE(FARZI_FAST_CUDA_MODULE, module) {
   module.def("adam_step", &farzi_fast::cuda::adam_step, release_gil);
   module.def("adam_reverse_params", &farzi_fast::cuda::adam_reverse_params, release_gil);
   module.def("adam_reverse_moments", &farzi_fast::cuda::adam_reverse_moments, release_gil);
+  module.def("sgd_step", &farzi_fast::cuda::sgd_step, release_gil);
+  module.def("sgd_reverse", &farzi_fast::cuda::sgd_reverse, release_gil);
 #if defined(FARZI_FAST_CUDA_EMULATED)
   module.def("set_device", &farzi_fast_emu::set_device,
              "0: an H100 (1056 resident blocks), 1: a small GPU (16 blocks)");

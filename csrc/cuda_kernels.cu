@@ -8,6 +8,7 @@
 
 #include "adam_math.h"
 #include "cuda_kernels.h"
+#include "sgd_math.h"
 
 namespace farzi_fast {
 namespace cuda {
@@ -161,6 +162,75 @@ __global__ void reverse_moments_kernel(T* m, T* v, const T* g, const T* m_bar, c
     adam_reverse_moments(m[tail], v[tail], g[tail], m_bar[tail], v_bar[tail], g_bar[tail], c);
 }
 
+// SGD. Without momentum the buffer pointers are null and never read (Pack loads skipped).
+template <typename T, int VEC>
+__global__ void sgd_step_kernel(T* w, const T* g, T* b, int64_t n, SgdCoefficients<T> c) {
+  const int64_t packs = n / VEC;
+  for (int64_t p = global_thread(); p < packs; p += grid_threads()) {
+    Pack<T, VEC> W = load<T, VEC>(w, p), G = load<T, VEC>(g, p), B;
+    if (c.has_momentum) B = load<T, VEC>(b, p);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sgd_forward(W.x[k], G.x[k], B.x[k], c);
+    store<T, VEC>(w, p, W);
+    if (c.has_momentum) store<T, VEC>(b, p, B);
+  }
+  const int64_t tail = packs * VEC + global_thread();
+  if (tail < n) {
+    // values, not a reference chosen between global and local memory (that puts the local
+    // on the stack)
+    T buffer = c.has_momentum ? b[tail] : T(0);
+    sgd_forward(w[tail], g[tail], buffer, c);
+    if (c.has_momentum) b[tail] = buffer;
+  }
+}
+
+template <typename T, int VEC, bool kHasHvp>
+__global__ void sgd_reverse_kernel(const T* w, const T* g, const T* b, T* w_bar, T* b_bar,
+                                   T* g_bar, const T* hvp, int64_t n, SgdCoefficients<T> c,
+                                   double* lr_partials, double* momentum_partials) {
+  double lr_grad = 0.0, momentum_grad = 0.0;
+  const int64_t packs = n / VEC;
+  for (int64_t p = global_thread(); p < packs; p += grid_threads()) {
+    Pack<T, VEC> W = load<T, VEC>(w, p), G = load<T, VEC>(g, p), WB = load<T, VEC>(w_bar, p),
+                 B, BB, GB, H;
+    if (c.has_momentum) {
+      B = load<T, VEC>(b, p);
+      BB = load<T, VEC>(b_bar, p);
+    }
+    if (kHasHvp) H = load<T, VEC>(hvp, p);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      double lr_term, momentum_term;
+      sgd_reverse(W.x[k], G.x[k], c.has_momentum ? B.x[k] : T(0), WB.x[k], BB.x[k], GB.x[k],
+                  kHasHvp ? H.x[k] : T(0), kHasHvp, c, lr_term, momentum_term);
+      lr_grad += lr_term;
+      momentum_grad += momentum_term;
+    }
+    store<T, VEC>(w_bar, p, WB);
+    store<T, VEC>(g_bar, p, GB);
+    if (c.has_momentum) store<T, VEC>(b_bar, p, BB);
+  }
+  const int64_t tail = packs * VEC + global_thread();
+  if (tail < n) {
+    T buffer_bar = c.has_momentum ? b_bar[tail] : T(0);
+    double lr_term, momentum_term;
+    sgd_reverse(w[tail], g[tail], c.has_momentum ? b[tail] : T(0), w_bar[tail], buffer_bar,
+                g_bar[tail], kHasHvp ? hvp[tail] : T(0), kHasHvp, c, lr_term, momentum_term);
+    if (c.has_momentum) b_bar[tail] = buffer_bar;
+    lr_grad += lr_term;
+    momentum_grad += momentum_term;
+  }
+  // Two block reductions in turn: block_sum's shared scratch is reused, so the first
+  // result is read back by every thread before the second starts.
+  const double lr_total = block_sum(lr_grad);
+  __syncthreads();  // before the second sum rewrites the scratch
+  const double momentum_total = block_sum(momentum_grad);
+  if (threadIdx.x == 0) {
+    lr_partials[blockIdx.x] = lr_total;
+    momentum_partials[blockIdx.x] = momentum_total;
+  }
+}
+
 bool all_aligned(std::initializer_list<uintptr_t> addresses) {
   for (uintptr_t a : addresses)
     if (a % 16 != 0) return false;
@@ -241,7 +311,98 @@ void launch_reverse_moments(uintptr_t m, uintptr_t v, uintptr_t g, uintptr_t m_b
   check(cudaGetLastError(), "adam_reverse_moments launch");
 }
 
+template <typename T>
+void launch_sgd_step(uintptr_t w, uintptr_t g, uintptr_t b, int64_t n, SgdCoefficients<T> c,
+                     cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int cap = max_resident_blocks();
+  if (all_aligned({w, g, b})) {
+    sgd_step_kernel<T, kVec><<<grid_for(n / kVec + 1, cap), kThreads, 0, stream>>>(
+        as<T>(w), as<T>(g), as<T>(b), n, c);
+  } else {
+    sgd_step_kernel<T, 1><<<grid_for(n, cap), kThreads, 0, stream>>>(as<T>(w), as<T>(g),
+                                                                      as<T>(b), n, c);
+  }
+  check(cudaGetLastError(), "sgd_step launch");
+}
+
+template <typename T, int VEC>
+void launch_sgd_reverse_vec(uintptr_t w, uintptr_t g, uintptr_t b, uintptr_t w_bar,
+                            uintptr_t b_bar, uintptr_t g_bar, uintptr_t hvp, int64_t n,
+                            SgdCoefficients<T> c, double* partials, int grid,
+                            int64_t capacity, cudaStream_t stream) {
+  if (hvp != 0) {
+    sgd_reverse_kernel<T, VEC, true><<<grid, kThreads, 0, stream>>>(
+        as<T>(w), as<T>(g), as<T>(b), as<T>(w_bar), as<T>(b_bar), as<T>(g_bar), as<T>(hvp), n,
+        c, partials, partials + capacity);
+  } else {
+    sgd_reverse_kernel<T, VEC, false><<<grid, kThreads, 0, stream>>>(
+        as<T>(w), as<T>(g), as<T>(b), as<T>(w_bar), as<T>(b_bar), as<T>(g_bar), nullptr, n, c,
+        partials, partials + capacity);
+  }
+}
+
+template <typename T>
+void launch_sgd_reverse(uintptr_t w, uintptr_t g, uintptr_t b, uintptr_t w_bar,
+                        uintptr_t b_bar, uintptr_t g_bar, uintptr_t hvp, int64_t n,
+                        SgdCoefficients<T> c, uintptr_t partials, int64_t capacity,
+                        uintptr_t out, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  int64_t cap = max_resident_blocks();
+  if (capacity < cap) cap = capacity;
+  const bool aligned = all_aligned({w, g, b, w_bar, b_bar, g_bar}) && hvp % 16 == 0;
+  const int grid = grid_for(aligned ? n / kVec + 1 : n, cap);
+  if (aligned) {
+    launch_sgd_reverse_vec<T, kVec>(w, g, b, w_bar, b_bar, g_bar, hvp, n, c,
+                                    as<double>(partials), grid, capacity, stream);
+  } else {
+    launch_sgd_reverse_vec<T, 1>(w, g, b, w_bar, b_bar, g_bar, hvp, n, c,
+                                 as<double>(partials), grid, capacity, stream);
+  }
+  check(cudaGetLastError(), "sgd_reverse launch");
+  sum_partials_kernel<<<1, kThreads, 0, stream>>>(as<double>(partials), grid, as<double>(out));
+  sum_partials_kernel<<<1, kThreads, 0, stream>>>(as<double>(partials) + capacity, grid,
+                                                  as<double>(out) + 1);
+  check(cudaGetLastError(), "sgd_reverse reduction launch");
+}
+
 }  // namespace
+
+void sgd_step(uintptr_t w, uintptr_t g, uintptr_t b, int64_t n, bool is_double, double lr,
+              double momentum, double dampening, double weight_decay, bool nesterov,
+              int64_t step, uintptr_t stream) {
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (is_double) {
+    launch_sgd_step<double>(w, g, b, n,
+                            make_sgd_coefficients<double>(lr, momentum, dampening, weight_decay,
+                                                          nesterov, step),
+                            s);
+  } else {
+    launch_sgd_step<float>(w, g, b, n,
+                           make_sgd_coefficients<float>(lr, momentum, dampening, weight_decay,
+                                                        nesterov, step),
+                           s);
+  }
+}
+
+void sgd_reverse(uintptr_t w, uintptr_t g, uintptr_t b, uintptr_t w_bar, uintptr_t b_bar,
+                 uintptr_t g_bar, uintptr_t hvp, int64_t n, bool is_double, double lr,
+                 double momentum, double dampening, double weight_decay, bool nesterov,
+                 int64_t step, uintptr_t partials, int64_t partials_capacity,
+                 uintptr_t grads_out, uintptr_t stream) {
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (is_double) {
+    launch_sgd_reverse<double>(
+        w, g, b, w_bar, b_bar, g_bar, hvp, n,
+        make_sgd_coefficients<double>(lr, momentum, dampening, weight_decay, nesterov, step),
+        partials, partials_capacity, grads_out, s);
+  } else {
+    launch_sgd_reverse<float>(
+        w, g, b, w_bar, b_bar, g_bar, hvp, n,
+        make_sgd_coefficients<float>(lr, momentum, dampening, weight_decay, nesterov, step),
+        partials, partials_capacity, grads_out, s);
+  }
+}
 
 void adam_step(uintptr_t w, uintptr_t g, uintptr_t m, uintptr_t v, int64_t n, bool is_double,
                double lr, double beta1, double beta2, double eps, double weight_decay,

@@ -35,6 +35,17 @@ def test_engine_benchmark_quick_run():
         assert (row["time_vs_unrolled"] == 1) == (row["method"] == "unrolled autograd")
 
 
+def test_engine_benchmark_with_the_users_sgd():
+    """--optimizer sgd-nesterov: every method differentiates the same torch.optim.SGD; no
+    compiled engine and no TorchOpt (both Adam only)."""
+    result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"],
+                              optimizer="sgd-nesterov")
+    assert result["optimizer"] == "sgd-nesterov"
+    assert {row["method"] for row in result["rows"]} == {"unrolled autograd", "engine[torch]",
+                                                         "engine[cpu]"}
+    assert all(row["seconds"] > 0 and math.isfinite(row["peak_mb"]) for row in result["rows"])
+
+
 def test_engine_benchmark_runs_the_engine_alone_past_the_memory_budget(capsys, monkeypatch):
     """Where unrolled autograd would outgrow --memory-budget-mb, it (and TorchOpt, which also
     keeps every step) is skipped before it allocates, and the engine runs alone, without

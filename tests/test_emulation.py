@@ -1,8 +1,8 @@
 """The CUDA kernels (csrc/cuda_kernels.cu) compiled for the host behind csrc/emulation's
 stand-in CUDA runtime, checked by csrc/emulation/check_kernels.cpp against a serial loop over
-adam_math.h: with cooperative fibers and with real threads, under AddressSanitizer + UBSan, and
-(the block reduction, with real threads) under ThreadSanitizer. Then each of six typical
-kernel bugs is planted in a copy of the source, and the check that should catch it must fail.
+adam_math.h and sgd_math.h: with cooperative fibers and with real threads, under
+AddressSanitizer + UBSan, and (the block reductions, with real threads) under ThreadSanitizer.
+Then each of eight typical kernel bugs is planted in a copy of the source, and the check that should catch it must fail.
 The same kernels also run in test_ops.py against the torch reference ("cuda-emulated-*")."""
 
 import concurrent.futures
@@ -34,7 +34,7 @@ CHECKS = {
     "tsan-block-reduction": ("tsan", ["threads", "300,2100", "1"]),
 }
 
-# Six bugs a GPU kernel typically ships with, each with the check that catches it.
+# Eight bugs a GPU kernel typically ships with, each with the check that catches it.
 MUTATIONS = {
     "tail bound": ("if (tail < n) adam_forward(", "if (tail <= n) adam_forward(", "fibers"),
     "alignment test": ("if (a % 16 != 0) return false;", "if (a % 8 != 0) return false;",
@@ -43,12 +43,17 @@ MUTATIONS = {
     "shuffle offset": ("for (int offset = 16; offset > 0; offset >>= 1)\n    value +=",
                        "for (int offset = 8; offset > 0; offset >>= 1)\n    value +=", "fibers"),
     "grid stride": ("for (int64_t p = global_thread(); p < packs; p += grid_threads()) {\n"
-                    "    Pack<T, VEC> W = load<T, VEC>(w, p), G",
+                    "    Pack<T, VEC> W = load<T, VEC>(w, p), G = load<T, VEC>(g, p), M",
                     "for (int64_t p = global_thread(); p < packs; p += blockDim.x) {\n"
-                    "    Pack<T, VEC> W = load<T, VEC>(w, p), G", "fibers"),
+                    "    Pack<T, VEC> W = load<T, VEC>(w, p), G = load<T, VEC>(g, p), M",
+                    "fibers"),
     "tail index": ("const int64_t tail = packs * VEC + global_thread();\n  if (tail < n) adam_forward",
                    "const int64_t tail = packs * VEC + threadIdx.x;\n  if (tail < n) adam_forward",
                    "fibers"),
+    "second sum's barrier": ("__syncthreads();  // before the second sum", "//",
+                             "tsan-block-reduction"),
+    "buffer adjoint store": ("    if (c.has_momentum) store<T, VEC>(b_bar, p, BB);\n", "\n",
+                             "fibers"),
 }
 # The mutants' checks on sizes that reach every path (tails, 16-byte packs, striding).
 MUTANT_SIZES = {"fibers": ["fibers", "7,65539", "01"],

@@ -305,7 +305,8 @@ def test_anchors_cost_three_state_copies_each():
 
     model = mlp()
     loss_fn, _, meta = regression_problem()
-    problem = _problem(model, loss_fn, 23, 0.01, (0.9, 0.999), 1e-8, 0.0, 5, 3, "auto", False)
+    problem, _ = _problem(model, loss_fn, 23, None, 0.01, (0.9, 0.999), 1e-8, 0.0, 5, 3, "auto",
+                          False)
     state = run_forward(problem, torch.cat([p.detach().reshape(-1)
                                             for p in model.parameters()]), meta)
     assert sorted(state.anchors) == [1, 2, 3, 5, 10, 15, 20]
@@ -681,32 +682,3 @@ def test_the_users_adam_or_adamw_gives_the_keyword_forms_result_and_is_left_unto
     assert torch.allclose(outer.meta_grads[0],
                           meta_gradient(model, loss, lambda f: f(x).sum(), 5, meta=(x,),
                                         lr=2e-2).meta_grads[0])
-
-
-@pytest.mark.parametrize("make, message", [
-    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
-     r"optimizer=SGD cannot be reversed yet: the engine differentiates torch.optim.Adam and "
-     r"AdamW"),
-    (lambda ps: torch.optim.Adam(ps, weight_decay=1e-4),
-     r"Adam\(weight_decay=0.0001\) adds coupled L2 .* use torch.optim.AdamW"),
-    (lambda ps: torch.optim.Adam(ps, amsgrad=True), r"Adam\(amsgrad=True\) cannot be reversed"),
-    (lambda ps: torch.optim.AdamW([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.1}]),
-     "parameter groups with different hyperparameters"),
-    (lambda ps: torch.optim.Adam(ps[:1]), "optimizes 1 tensors but the model has 2 parameters"),
-])
-def test_an_optimizer_the_engine_cannot_reverse_is_refused_by_name(make, message):
-    model = nn.Linear(3, 2)
-    optimizer = make(list(model.parameters()))
-    with pytest.raises((TypeError, ValueError), match=message):
-        unroll(model, lambda f, t: f(torch.ones(1, 3)).sum(), 2, optimizer=optimizer)
-
-
-def test_an_optimizer_that_took_steps_or_keywords_beside_it_are_refused():
-    model = nn.Linear(3, 2)
-    adam = torch.optim.Adam(model.parameters())
-    with pytest.raises(ValueError, match="by optimizer= or by keyword, not both .*lr"):
-        unroll(model, lambda f, t: f(torch.ones(1, 3)).sum(), 2, optimizer=adam, lr=0.5)
-    model(torch.ones(1, 3)).sum().backward()
-    adam.step()
-    with pytest.raises(ValueError, match="has taken steps"):
-        unroll(model, lambda f, t: f(torch.ones(1, 3)).sum(), 2, optimizer=adam)

@@ -44,7 +44,8 @@ def _entries(ptx: str) -> dict:
 
 def _cuda_kernel(mangled: str):
     """(kind, element type, VEC, has_hvp) from a mangled name of cuda_kernels.cu."""
-    m = re.search(r"(adam_step|reverse_params|reverse_moments|sum_partials)_kernel"
+    m = re.search(r"(adam_step|reverse_params|reverse_moments|sum_partials|sgd_step|"
+                  r"sgd_reverse)_kernel"
                   r"(?:I([fd])Li(\d+)E(?:Lb([01])E)?E)?", mangled)
     assert m, f"unexpected kernel {mangled}"
     kind, t, vec, hvp = m.groups()
@@ -96,7 +97,8 @@ def test_cuda_kernels_vectorise_only_the_aligned_path(nvcc_build, arch):
             width = "v4.f32" if element == "f" else "v2.f64"
             assert any(width in v and v.startswith("ld") for v in vector), (name, vector[:3])
             assert any(width in v and v.startswith("st") for v in vector), (name, vector[:3])
-    expected = {(k, t, v) for k in ("adam_step", "reverse_params", "reverse_moments")
+    expected = {(k, t, v) for k in ("adam_step", "reverse_params", "reverse_moments",
+                                    "sgd_step", "sgd_reverse")
                 for t, v in (("f", 4), ("f", 1), ("d", 2), ("d", 1))}
     assert expected <= kinds, expected - kinds
 
@@ -118,7 +120,8 @@ def test_cuda_kernels_round_like_the_reference(nvcc_build, arch):
 def test_cuda_block_reduction_has_one_barrier(nvcc_build, arch):
     for name, body in _entries(nvcc_build[arch]["ptx"]).items():
         kind = _cuda_kernel(name)[0]
-        expected = 1 if kind in ("reverse_params", "sum_partials") else 0
+        # sgd_reverse: two block sums, and the barrier between them
+        expected = {"reverse_params": 1, "sum_partials": 1, "sgd_reverse": 3}.get(kind, 0)
         assert len(BARRIER.findall(body)) == expected, (name, BARRIER.findall(body))
 
 
@@ -141,8 +144,9 @@ def test_triton_kernels_static_checks(triton_build):
         assert not FMA.search(ptx), (where, "FMA contraction: launch with enable_fp_fusion=False")
         assert not APPROXIMATE.search(ptx), (where, APPROXIMATE.findall(ptx)[:3])
         suffix = k["dtype"].replace("fp", "f")
-        assert f"div.rn.{suffix}" in ptx, where
-        if k["kernel"] != "reverse_moments":
+        if not k["kernel"].startswith("sgd"):  # SGD neither divides nor takes roots
+            assert f"div.rn.{suffix}" in ptx, where
+        if k["kernel"] in ("adam_step", "reverse_params", "reverse_params_no_hvp"):
             assert f"sqrt.rn.{suffix}" in ptx, where
         # full blocks skip the mask, so vectors survive an n that is not a multiple of 16
         width = "v4.b32" if k["dtype"] == "fp32" else "v2.b64"
@@ -150,3 +154,8 @@ def test_triton_kernels_static_checks(triton_build):
         assert re.search(rf"\bst\.global\.{re.escape(width)}\b", ptx), where
         if k["kernel"].startswith("reverse_params"):
             assert len(BARRIER.findall(ptx)) == TRITON_REDUCTION_BARRIERS, (where, "barriers")
+        if k["kernel"].startswith("sgd_reverse"):
+            # two block sums (dF/dlr, dF/dmomentum), each with its own barriers and one to
+            # reuse the shared scratch: 6 seen for sm_80 and sm_90
+            assert 0 < len(BARRIER.findall(ptx)) <= 3 * TRITON_REDUCTION_BARRIERS, (
+                where, "barriers", len(BARRIER.findall(ptx)))

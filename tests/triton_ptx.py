@@ -22,7 +22,22 @@ from farzi_fast.ops import triton_backend
 KERNELS = {"adam_step": (triton_backend._adam_step_kernel, {}),
            "reverse_params": (triton_backend._reverse_params_kernel, {"HAS_HVP": True}),
            "reverse_params_no_hvp": (triton_backend._reverse_params_kernel, {"HAS_HVP": False}),
-           "reverse_moments": (triton_backend._reverse_moments_kernel, {})}
+           "reverse_moments": (triton_backend._reverse_moments_kernel, {}),
+           **{f"sgd_step_{name}": (triton_backend._sgd_step_kernel, flags)
+              for name, flags in {"momentum": dict(HAS_MOMENTUM=True, NESTEROV=False,
+                                                   FIRST=False),
+                                  "nesterov": dict(HAS_MOMENTUM=True, NESTEROV=True,
+                                                   FIRST=False),
+                                  "plain": dict(HAS_MOMENTUM=False, NESTEROV=False,
+                                                FIRST=False)}.items()},
+           **{f"sgd_reverse_{name}": (triton_backend._sgd_reverse_kernel, dict(HAS_HVP=True,
+                                                                              **flags))
+              for name, flags in {"momentum": dict(HAS_MOMENTUM=True, NESTEROV=False,
+                                                   FIRST=False),
+                                  "nesterov": dict(HAS_MOMENTUM=True, NESTEROV=True,
+                                                   FIRST=False),
+                                  "plain": dict(HAS_MOMENTUM=False, NESTEROV=False,
+                                                FIRST=False)}.items()}}
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
@@ -32,20 +47,22 @@ def compile_one(kernel, constants, dtype, arch, n_divisible):
     names = kernel.arg_names
     signature, attrs = {}, {}
     for i, name in enumerate(names):
-        if name == "partials_ptr":
+        if name.endswith("partials_ptr"):
             signature[name] = "*fp64"
         elif name.endswith("_ptr"):
             signature[name] = f"*{dtype}"
         elif name == "n":
             signature[name] = "i32"
-        elif name in ("BLOCK", "IEEE_FP32", "HAS_HVP"):
+        elif name in ("BLOCK", "IEEE_FP32", "HAS_HVP", "HAS_MOMENTUM", "NESTEROV", "FIRST"):
             signature[name] = "constexpr"
             continue
         else:
             signature[name] = "fp64"
         if name.endswith("_ptr") or (name == "n" and n_divisible):
             attrs[(i,)] = [["tt.divisibility", 16]]
-    constexprs = {"BLOCK": triton_backend._BLOCK, "IEEE_FP32": dtype == "fp32", **constants}
+    constexprs = {"BLOCK": triton_backend._BLOCK, **constants}
+    if "IEEE_FP32" in names:
+        constexprs["IEEE_FP32"] = dtype == "fp32"
     compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options=dict(triton_backend._ROUNDING))

@@ -1,7 +1,8 @@
 // Runs the emulated CUDA launchers (csrc/cuda_kernels.cu behind cuda_runtime.h) against a
-// serial loop over adam_math.h, the same elementwise math the kernels call: every element
-// must match bit for bit (float and double; the host build does not contract into FMA), the
-// dF/dlr sum to 1e-12 (its blocks add in another order), nothing outside [0, n) may change.
+// serial loop over adam_math.h and sgd_math.h, the same elementwise math the kernels call:
+// every element must match bit for bit (float and double; the host build does not contract
+// into FMA), the dF/dlr (and dF/dmomentum) sums to 1e-12 (their blocks add in another
+// order), nothing outside [0, n) may change.
 // Built and run by tests/test_emulation.py, also under AddressSanitizer + UBSan and, with
 // real threads, ThreadSanitizer; applying a mutation to the kernel source must make it fail.
 //
@@ -20,6 +21,7 @@
 #include "adam_math.h"
 #include "cuda_kernels.h"
 #include "cuda_runtime.h"
+#include "sgd_math.h"
 
 namespace {
 
@@ -63,22 +65,30 @@ void fail(const char* what, int64_t n, int offset, bool hvp, int device, int64_t
                 int(hvp), device, static_cast<long long>(i), double(got), double(want));
 }
 
+// `count` guarded buffers of n elements and their reference copies, drawn from a normal
+// distribution and passed through draw(buffer index, element index, value).
+template <typename T, typename Draw>
+void fill_random(std::vector<Buffer<T>>& buf, std::vector<std::vector<T>>& ref, int count,
+                 int64_t n, int offset, std::mt19937_64& rng, Draw draw) {
+  std::normal_distribution<double> normal;
+  for (int k = 0; k < count; ++k) buf.emplace_back(n, offset);
+  ref.assign(count, std::vector<T>(n));
+  for (int k = 0; k < count; ++k) {
+    for (int64_t i = 0; i < n; ++i)
+      buf[k].data()[i] = ref[k][i] = static_cast<T>(draw(k, i, normal(rng)));
+  }
+}
+
 template <typename T>
 void check_case(int64_t n, int offset, bool with_hvp, int device, std::mt19937_64& rng) {
   farzi_fast_emu::set_device(device);
-  std::normal_distribution<double> normal;
   enum { W, G, M, V, WB, MB, VB, H, GB, kCount };
   std::vector<Buffer<T>> buf;
-  for (int k = 0; k < kCount; ++k) buf.emplace_back(n, offset);
-  std::vector<std::vector<T>> ref(kCount, std::vector<T>(n));
-  for (int k = 0; k < kCount; ++k) {
-    for (int64_t i = 0; i < n; ++i) {
-      double x = normal(rng);
-      if (k == V) x = (i % 7 == 0) ? 0.0 : 0.1 * x * x;  // exact zeros: never-updated params
-      if (k == GB) x = std::nan("");                      // output only: poisoned
-      buf[k].data()[i] = ref[k][i] = static_cast<T>(x);
-    }
-  }
+  std::vector<std::vector<T>> ref;
+  fill_random(buf, ref, kCount, n, offset, rng, [](int k, int64_t i, double x) {
+    if (k == V) return (i % 7 == 0) ? 0.0 : 0.1 * x * x;  // exact zeros: never-updated params
+    return k == GB ? std::nan("") : x;                    // output only: poisoned
+  });
   const auto c = farzi_fast::make_coefficients<T>(kLr, kBeta1, kBeta2, kEps, kDecay, kStep);
   const auto cm = farzi_fast::make_coefficients<T>(0.0, kBeta1, kBeta2, 0.0, 0.0, 1);
   const bool is_double = sizeof(T) == 8;
@@ -127,6 +137,75 @@ void check_case(int64_t n, int offset, bool with_hvp, int device, std::mt19937_6
     fail("lr_grad", n, offset, with_hvp, device, 0, lr_got, lr_want);
 }
 
+// SGD's two ops on one state: sgd_step on (w, b), then sgd_reverse from (w, g, b) as they
+// were; `variant` 0 plain SGD, 1 heavy-ball with dampening, 2 Nesterov; `step` 1 is torch's
+// first momentum step.
+template <typename T>
+void check_sgd_case(int64_t n, int offset, bool with_hvp, int device, int variant,
+                    int64_t step, std::mt19937_64& rng) {
+  farzi_fast_emu::set_device(device);
+  enum { W, G, B, WN, BN, WB, BB, H, GB, kCount };
+  std::vector<Buffer<T>> buf;
+  std::vector<std::vector<T>> ref;
+  fill_random(buf, ref, kCount, n, offset, rng, [](int k, int64_t, double x) {
+    return k == GB ? std::nan("") : x;  // output only: poisoned
+  });
+  for (int64_t i = 0; i < n; ++i) {  // the step's inputs, copied to where it writes
+    buf[WN].data()[i] = ref[WN][i] = ref[W][i];
+    buf[BN].data()[i] = ref[BN][i] = ref[B][i];
+  }
+  const double momentum = variant == 0 ? 0.0 : (variant == 1 ? 0.9 : 0.8);
+  const double dampening = variant == 1 ? 0.3 : 0.0;
+  const bool nesterov = variant == 2, has_b = variant != 0;
+  const auto c = farzi_fast::make_sgd_coefficients<T>(kLr, momentum, dampening, kDecay,
+                                                      nesterov, step);
+  const bool is_double = sizeof(T) == 8;
+
+  double lr_want = 0.0, momentum_want = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    farzi_fast::sgd_forward(ref[WN][i], ref[G][i], ref[BN][i], c);
+    double lr_term, momentum_term;
+    farzi_fast::sgd_reverse(ref[W][i], ref[G][i], ref[B][i], ref[WB][i], ref[BB][i],
+                            ref[GB][i], with_hvp ? ref[H][i] : T(0), with_hvp, c, lr_term,
+                            momentum_term);
+    lr_want += lr_term;
+    momentum_want += momentum_term;
+  }
+  if (!has_b) ref[BN] = ref[B];  // plain SGD: no buffer, untouched
+
+  std::vector<double> partials(2 * kPartials, std::nan(""));
+  double got[2] = {std::nan(""), std::nan("")};
+  farzi_fast::cuda::sgd_step(buf[WN].address(), buf[G].address(),
+                             has_b ? buf[BN].address() : 0, n, is_double, kLr, momentum,
+                             dampening, kDecay, nesterov, step, 0);
+  farzi_fast::cuda::sgd_reverse(
+      buf[W].address(), buf[G].address(), has_b ? buf[B].address() : 0, buf[WB].address(),
+      has_b ? buf[BB].address() : 0, buf[GB].address(), with_hvp ? buf[H].address() : 0, n,
+      is_double, kLr, momentum, dampening, kDecay, nesterov, step,
+      reinterpret_cast<uintptr_t>(partials.data()), kPartials,
+      reinterpret_cast<uintptr_t>(got), 0);
+
+  static const char* names[kCount] = {"sgd w", "sgd g", "sgd b", "sgd w_t", "sgd b_t",
+                                      "sgd w_bar", "sgd b_bar", "sgd hvp", "sgd g_bar"};
+  for (int k = 0; k < kCount; ++k) {
+    if (!has_b && k == BB) continue;  // the kernel never sees it; the reference wrote it
+    if (!buf[k].guards_intact() && failures++ < 5)
+      std::printf("MISMATCH %s: n=%lld offset=%d: written outside [0, n)\n", names[k],
+                  static_cast<long long>(n), offset);
+    for (int64_t i = 0; i < n; ++i) {
+      if (!same_bits(buf[k].data()[i], ref[k][i])) {
+        fail(names[k], n, offset, with_hvp, device, i, buf[k].data()[i], ref[k][i]);
+        break;
+      }
+    }
+  }
+  const double sums[2][2] = {{got[0], lr_want}, {got[1], momentum_want}};
+  for (const auto& pair : sums) {
+    if (!(std::fabs(pair[0] - pair[1]) <= 1e-12 * (std::fabs(pair[1]) + 1e-300) + 1e-14 * n))
+      fail("sgd sum", n, offset, with_hvp, device, 0, pair[0], pair[1]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -152,7 +231,7 @@ int main(int argc, char** argv) {
   }
   const std::string devices = argc > 3 ? argv[3] : "01";
   std::mt19937_64 rng(12345);
-  int cases = 0;
+  int cases = 0, sgd_cases = 0;
   for (char d : devices) {
     for (int64_t n : sizes) {
       for (int offset : {0, 1, 2}) {
@@ -160,6 +239,18 @@ int main(int argc, char** argv) {
           check_case<float>(n, offset, hvp, d - '0', rng);
           check_case<double>(n, offset, hvp, d - '0', rng);
           cases += 2;
+          if (offset == 2) continue;  // offset 1 already takes the unaligned path
+          // one SGD case beside, the variants, steps and types taking turns: every size
+          // still meets each of them across the offsets and hvp
+          const int turn = sgd_cases++;
+          const int variant = turn % 3;
+          const int64_t step = turn % 2 == 0 ? 1 : kStep;
+          if (turn % 4 < 2) {
+            check_sgd_case<float>(n, offset, hvp, d - '0', variant, step, rng);
+          } else {
+            check_sgd_case<double>(n, offset, hvp, d - '0', variant, step, rng);
+          }
+          ++cases;
         }
       }
     }

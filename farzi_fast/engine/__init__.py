@@ -1,4 +1,5 @@
-"""Meta-gradients through T Adam steps of any nn.Module, memory independent of T.
+"""Meta-gradients through T steps of the user's Adam, AdamW or SGD on any nn.Module, memory
+that does not grow with T beyond the anchors.
 
 :func:`unroll` returns differentiable trained parameters (keep your ``.backward()``);
 :func:`meta_gradient` does forward, meta-objective and reverse in one call;

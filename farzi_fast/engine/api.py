@@ -1,4 +1,5 @@
-"""`unroll()` and `meta_gradient()`: meta-gradients through T Adam steps of any nn.Module."""
+"""`unroll()` and `meta_gradient()`: meta-gradients through T Adam, AdamW or SGD steps of any
+nn.Module."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from torch.autograd.function import once_differentiable
 
 from .._checks import require_int
 from ..ops.dispatch import resolve
-from ..ops.hyper import AdamHyper
+from ..ops.hyper import SGDHyper
 from ..ops.validation import SUPPORTED_DTYPES
+from . import inner, sgd
 from .flat import FlatLayout, FunctionalModel
-from .inner import DriftReport, InnerProblem, per_meta, run_forward, run_reverse
-from .optimizers import hyperparameters
+from .inner import DriftReport, InnerProblem, per_meta
+from .meta import MetaArguments, expand
+from .optimizers import InnerOptimizer, from_keywords, from_optimizer
 
 # Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
 # Two effects need them (docs/design.md, "Anchors"):
@@ -44,11 +47,27 @@ class MetaGradient:
     init_grads: dict               # name -> dF/dw0
     report: DriftReport
     inner_losses: torch.Tensor     # inner loss of every step
+    momentum_grad: torch.Tensor | None = None  # dF/dmomentum (SGD with momentum), float64 0-d
 
 
-def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, anchor_head,
-             backend, compile):
-    steps = require_int("steps", steps, 1, "the number of inner Adam steps")
+def _passes(problem: InnerProblem):
+    """The forward and reverse pass of the problem's optimizer."""
+    if isinstance(problem.hyper, SGDHyper):
+        return sgd.run_forward, sgd.run_reverse
+    return inner.run_forward, inner.run_reverse
+
+
+def _inner_optimizer(model, layout: FlatLayout, optimizer, lr, betas, eps,
+                     weight_decay) -> InnerOptimizer:
+    if optimizer is None:
+        return from_keywords(lr, betas, eps, weight_decay)
+    return from_optimizer(optimizer, model, layout, dict(
+        lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+
+def _problem(model, loss_fn, steps, optimizer, lr, betas, eps, weight_decay, anchor_every,
+             anchor_head, backend, compile) -> tuple[InnerProblem, InnerOptimizer]:
+    steps = require_int("steps", steps, 1, "the number of inner optimizer steps")
     autocast = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
     if autocast:
         # the reverse pass recomputes each step's gradient later, outside this context: under
@@ -62,11 +81,10 @@ def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, 
                         f"{type(loss_fn).__name__}")
     layout = FlatLayout.of(model)
     if layout.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"model parameters must be float32 or float64 for the Adam kernels, "
-                        f"got {layout.dtype}; convert with model.float() or model.double()")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    hyper = AdamHyper.checked(lr, betas[0], betas[1], eps, weight_decay, reversible=True)
+        raise TypeError(f"model parameters must be float32 or float64 for the optimizer "
+                        f"kernels, got {layout.dtype}; convert with model.float() or "
+                        f"model.double()")
+    chosen = _inner_optimizer(model, layout, optimizer, lr, betas, eps, weight_decay)
     anchor_every = require_int("anchor_every", DEFAULT_ANCHOR_EVERY if anchor_every is None
                                else anchor_every, 1, "steps between exact anchors")
     anchor_head = require_int("anchor_head", DEFAULT_ANCHOR_HEAD if anchor_head is None
@@ -74,31 +92,20 @@ def _problem(model, loss_fn, steps, lr, betas, eps, weight_decay, anchor_every, 
     kernels = resolve(backend, layout.device)  # refuses an unusable backend before any work
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False, got {compile!r}")
-    return InnerProblem(FunctionalModel(model, layout), loss_fn, steps, hyper, anchor_every,
-                        anchor_head, kernels, compile)
+    if compile and (chosen.is_sgd or chosen.coupled_l2):
+        raise ValueError("compile=True runs Adam and AdamW inner loops only; SGD and Adam's "
+                         "coupled weight_decay run eager (compile=False)")
+    problem = InnerProblem(FunctionalModel(model, layout), loss_fn, steps, chosen.hyper,
+                           anchor_every, anchor_head, kernels, compile, chosen.coupled_l2,
+                           chosen.steps_taken, chosen.start)
+    return problem, chosen
 
 
-def _lr_value(lr):
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1 or not lr.is_floating_point():
-            raise ValueError(f"lr must be a float or a floating-point scalar tensor, got a "
-                             f"{lr.dtype} tensor of shape {tuple(lr.shape)}")
-        return lr.detach().item()
-    return lr
-
-
-def _check_meta(meta, layout: FlatLayout) -> tuple:
-    if isinstance(meta, torch.Tensor) or not isinstance(meta, (tuple, list)):
-        raise TypeError("meta must be a tuple or list of tensors, e.g. meta=(x,)")
-    for i, x in enumerate(meta):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"meta[{i}] must be a tensor, got {type(x).__name__}")
-        if x.device != layout.device:
-            raise ValueError(f"meta[{i}] is on {x.device}, the model on {layout.device}: "
-                             f"move it with .to({str(layout.device)!r})")
-        if x.requires_grad and not x.is_floating_point():
-            raise ValueError(f"meta[{i}] requires grad but is {x.dtype}")
-    return tuple(meta)
+def _meta_for(problem: InnerProblem, meta) -> MetaArguments:
+    """The flat meta tensors, with the problem's loss taking them in place of any module."""
+    spec = expand(meta, problem.layout)
+    problem.loss_fn = spec.wrap(problem.loss_fn)
+    return spec
 
 
 def _initial(layout: FlatLayout, model: nn.Module, init) -> torch.Tensor:
@@ -113,7 +120,7 @@ class _UnrollFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, problem, trained, lr_input, w0, *meta):
-        state = run_forward(problem, w0, meta)
+        state = _passes(problem)[0](problem, w0, meta)
         ctx.problem, ctx.state, ctx.trained = problem, state, trained
         ctx.lr_like = lr_input.detach() if lr_input is not None else None
         ctx.save_for_backward(*meta)
@@ -128,7 +135,7 @@ class _UnrollFunction(torch.autograd.Function):
                                "reconstructs the trajectory in place; call unroll() again")
         meta = ctx.saved_tensors
         needs = ctx.needs_input_grad[4:]
-        result = run_reverse(ctx.problem, ctx.state, w_bar, meta, needs)
+        result = _passes(ctx.problem)[1](ctx.problem, ctx.state, w_bar, meta, needs)
         ctx.state = None
         ctx.trained.report = result.report
         lr_grad = None
@@ -140,11 +147,13 @@ class _UnrollFunction(torch.autograd.Function):
 def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
            weight_decay=0.0, init=None, anchor_every=None, anchor_head=None,
            backend="auto", compile=False, optimizer=None) -> Trained:
-    """Train a functional copy of `model` for `steps` Adam steps; return its parameters.
+    """Train a functional copy of `model` for `steps` optimizer steps; return its parameters.
 
     `loss_fn(f, t, *meta)` is the inner loss of step t (1-based), where `f(*args, **kwargs)`
-    calls the model with the current parameters. Adam is torch.optim.Adam, or AdamW when
-    `weight_decay > 0`. The model's own parameters and buffers are left untouched.
+    calls the model with the current parameters. The optimizer is the user's own
+    `optimizer=` (a torch.optim.SGD, Adam or AdamW, continued from its state if it has taken
+    steps), or, from the keywords, torch.optim.Adam (AdamW when `weight_decay > 0`). The
+    model's own parameters and buffers, and the optimizer, are left untouched.
 
     The result (a dict name -> tensor) is differentiable: a backward through any function of
     it fills `.grad` of the tensors in `meta` that require grad, of `lr` when it is a tensor
@@ -155,7 +164,9 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     Memory does not grow with `steps` beyond the anchors, exact states of 3 P values kept
     after each of the first `anchor_head` steps (default 8) and every `anchor_every` steps
     (default 25). ``anchor_every=steps, anchor_head=0`` is pure reversal (the paper's scheme,
-    O(1) memory, exact only in float64 and for short loops).
+    O(1) memory, exact only in float64 and for short loops). SGD keeps (w, b) every
+    `anchor_every` steps and replays each segment's `anchor_every` states in the reverse pass
+    (engine/sgd.py): exact, one more gradient per step.
 
     On a CPU with two or more torch threads, when a step is small (step 1's loss and
     gradient under 200 MFLOP, counted by torch's FlopCounterMode), the reverse pass overlaps
@@ -177,17 +188,23 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     Args:
         model: any nn.Module with float32 or float64 parameters (not modified).
         loss_fn: `loss_fn(f, t, *meta) -> scalar tensor`, the inner loss of step t = 1..steps.
-        steps: inner Adam steps, T.
-        meta: tensors `loss_fn` receives after `t`; those requiring grad get `.grad`.
+        steps: inner optimizer steps, T.
+        meta: tensors, or nn.Modules, that `loss_fn` receives after `t`; those requiring
+            grad get `.grad`. A module stands for its parameters that require grad: while
+            `loss_fn` runs they are swapped for the engine's copies, so a loss that calls the
+            module (any method, e.g. `distilled_data.get_batch(t)`) or closes over it is
+            differentiated (engine/meta.py).
         lr: float, or a 0-d tensor (requiring grad for dF/dlr).
-        betas, eps, weight_decay: torch.optim.Adam's (AdamW's decoupled decay when > 0).
+        betas, eps, weight_decay: torch.optim.Adam's (AdamW's decoupled decay when > 0),
+            when no `optimizer` is given.
         init: the starting parameters, name -> tensor (default: the model's, detached).
         anchor_every, anchor_head: the anchors' schedule (defaults 25 and 8).
         backend: the ops backend ("auto", "cpu", "cuda", "triton", "torch").
         compile: run the steps torch.compile'd (above).
-        optimizer: a fresh torch.optim.Adam or AdamW over `model.parameters()` whose
-            hyperparameters to use instead of the keywords (engine/optimizers.py says what
-            is refused); it is not modified.
+        optimizer: a torch.optim.SGD, Adam or AdamW over `model.parameters()` whose
+            hyperparameters, and state if it has taken steps, to use instead of the keywords
+            (engine/optimizers.py says what is refused); it is not modified. A tensor `lr`
+            given beside it replaces its lr, to learn it.
 
     Returns:
         Trained: the parameters after `steps` steps, name -> tensor, differentiable with
@@ -199,17 +216,14 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
         NonFiniteError: the inner loss or a state is not finite.
         RuntimeError: a second backward through the same result.
     """
-    if optimizer is not None:
-        lr, betas, eps, weight_decay = hyperparameters(optimizer, model, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)).values()
-    problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
-                       anchor_every, anchor_head, backend, compile)
+    problem, chosen = _problem(model, loss_fn, steps, optimizer, lr, betas, eps, weight_decay,
+                               anchor_every, anchor_head, backend, compile)
     layout = problem.layout
-    meta = _check_meta(meta, layout)
+    spec = _meta_for(problem, meta)
     w0 = _initial(layout, model, init)
-    lr_input = lr if isinstance(lr, torch.Tensor) else None
+    lr_input = chosen.lr if isinstance(chosen.lr, torch.Tensor) else None
     trained = Trained()
-    w_T = _UnrollFunction.apply(problem, trained, lr_input, w0, *meta)
+    w_T = _UnrollFunction.apply(problem, trained, lr_input, w0, *spec.tensors)
     trained.update(layout.views(w_T))
     return trained
 
@@ -217,9 +231,9 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
 def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999),
                   eps=1e-8, weight_decay=0.0, init=None, anchor_every=None,
                   anchor_head=None, backend="auto", compile=False, optimizer=None) -> MetaGradient:
-    """The meta-objective `outer_fn(f)` after `steps` inner Adam steps, and its gradients with
-    respect to every meta tensor that requires grad, the learning rate and the initial
-    parameters, in one call.
+    """The meta-objective `outer_fn(f)` after `steps` inner optimizer steps, and its gradients
+    with respect to every meta tensor that requires grad, the learning rate, SGD's momentum
+    and the initial parameters, in one call.
 
     Args:
         model, loss_fn, steps, meta, lr, betas, eps, weight_decay, init, anchor_every,
@@ -228,19 +242,19 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
             parameters.
 
     Returns:
-        MetaGradient: the meta-objective's value and its gradients (meta tensors, lr, the
-        initial parameters) and the reverse pass's report.
+        MetaGradient: the meta-objective's value and its gradients (per meta item: a tensor,
+        or for a module a dict name -> tensor, also added to its parameters' `.grad`; lr;
+        SGD's momentum; the initial parameters) and the reverse pass's report.
 
     Raises:
         ValueError: `outer_fn` does not return a scalar tensor; else as :func:`unroll`.
     """
-    if optimizer is not None:
-        lr, betas, eps, weight_decay = hyperparameters(optimizer, model, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)).values()
-    problem = _problem(model, loss_fn, steps, _lr_value(lr), betas, eps, weight_decay,
-                       anchor_every, anchor_head, backend, compile)
+    problem, _ = _problem(model, loss_fn, steps, optimizer, lr, betas, eps, weight_decay,
+                          anchor_every, anchor_head, backend, compile)
+    run_forward, run_reverse = _passes(problem)
     layout = problem.layout
-    meta = _check_meta(meta, layout)
+    spec = _meta_for(problem, meta)
+    meta = spec.tensors
     w0 = _initial(layout, model, init).detach()
     state = run_forward(problem, w0, meta)
     needs = [x.requires_grad for x in meta]
@@ -256,5 +270,5 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
     direct = per_meta(needs, grads[1:])  # terms of F that use meta without training
     meta_grads = [g if d is None else g + d for g, d in zip(result.meta_grads, direct)]
     init_grads = {n: t.clone() for n, t in layout.views(result.w0_grad).items()}
-    return MetaGradient(value.detach(), tuple(meta_grads), result.lr_grad, init_grads,
-                        result.report, state.inner_losses)
+    return MetaGradient(value.detach(), spec.regroup(meta_grads), result.lr_grad, init_grads,
+                        result.report, state.inner_losses, result.momentum_grad)

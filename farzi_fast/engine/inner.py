@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..ops.hyper import AdamHyper
+from ..ops.hyper import AdamHyper, SGDHyper
 from . import rng
 from .flat import FlatLayout, FunctionalModel
 
@@ -40,7 +40,7 @@ class InnerProblem:
     functional: FunctionalModel
     loss_fn: Callable[..., torch.Tensor]  # loss_fn(f, t, *meta) -> scalar tensor
     steps: int
-    hyper: AdamHyper
+    hyper: AdamHyper | SGDHyper  # SGD's problems run in engine/sgd.py
     anchor_every: int
     anchor_head: int
     # The backend module itself (ops.dispatch.resolve), called without the public ops' checks:
@@ -48,6 +48,18 @@ class InnerProblem:
     # never aliased), and those checks cost 30 us a call, 6% of a small MLP's step.
     kernels: Any
     compiled: bool = False  # per-step math by engine/compiled.py instead of eager autograd
+    # torch.optim.Adam's weight_decay: added to the gradient (coupled L2), where AdamW's
+    # decoupled decay is in `hyper`
+    coupled_l2: float = 0.0
+    # the optimizer's state at the start: steps it has taken and its buffers, flat ("m", "v"
+    # for Adam, "b" for SGD's momentum buffer); a fresh start when empty
+    steps_taken: int = 0
+    start: dict = field(default_factory=dict)
+
+    def optimizer_step(self, t: int) -> int:
+        """The optimizer's own step number of inner step t (bias corrections, SGD's first
+        momentum step): t after a fresh start, later when the optimizer has taken steps."""
+        return self.steps_taken + t
 
     def compiles(self, t: int) -> bool:
         """Whether step t runs compiled: under `compiled`, every step but the first. Step 1's
@@ -124,11 +136,73 @@ def _inner_loss(problem: InnerProblem, w: torch.Tensor, t: int, meta) -> torch.T
     return loss.reshape(())
 
 
+def starting_buffer(problem: InnerProblem, name: str, w: torch.Tensor) -> torch.Tensor:
+    """A copy of the optimizer's starting buffer `name`, zeros after a fresh start."""
+    given = problem.start.get(name)
+    return given.clone() if given is not None else torch.zeros_like(w)
+
+
+def forward_gradient(problem: InnerProblem, w: torch.Tensor, t: int, meta,
+                     counter=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g_t, loss_t) at w without a graph: g includes Adam's coupled L2. Step 1 also checks
+    what would make the reverse pass differentiate something else than this loop: tensors
+    the loss closes over, buffers the model changes."""
+    if problem.compiles(t):
+        from . import compiled  # imports torch._dynamo: only for those who ask for it
+
+        g, loss = compiled.gradient_and_loss(problem.functional, problem.loss_fn, w, t, meta)
+    else:
+        with torch.enable_grad(), (counter if t == 1 and counter else
+                                   contextlib.nullcontext()):
+            leaf = w.detach().requires_grad_()
+            loss = _inner_loss(problem, leaf, t, meta)
+            if t == 1:
+                _refuse_closed_over(loss, leaf)
+            (g,) = torch.autograd.grad(loss, leaf)
+    # Checked by value after the first step only: a module that updates its buffers
+    # (BatchNorm in train mode) does so at every step, and comparing costs a pass.
+    changed = problem.functional.changed_buffers() if t == 1 else []
+    if changed:
+        raise ValueError(
+            f"the model changed its buffers {changed} during step {t}: the reverse pass "
+            f"recomputes every gradient and needs them fixed. Use model.eval() for "
+            f"BatchNorm-style layers (or track_running_stats=False); the model itself "
+            f"was not modified")
+    if problem.coupled_l2:
+        g = g.add(w, alpha=problem.coupled_l2)  # as torch.optim.Adam adds it
+    return g, loss
+
+
+def graph_gradient(problem: InnerProblem, leaf: torch.Tensor, t: int, meta) -> torch.Tensor:
+    """g_t at `leaf` with create_graph=True (coupled L2 included, so Hessian-vector products
+    through it carry the decay's term)."""
+    with torch.enable_grad():
+        loss = _inner_loss(problem, leaf, t, meta)
+        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+        if problem.coupled_l2:
+            g = g.add(leaf, alpha=problem.coupled_l2)
+    return g
+
+
+def first_non_finite(losses: torch.Tensor, finite_grads: torch.Tensor) -> None:
+    """Raise NonFiniteError naming the first step whose loss or gradient was not finite, not
+    the later ones it poisoned."""
+    bad = (~(torch.isfinite(losses) & finite_grads)).nonzero()
+    if len(bad):
+        t = int(bad[0]) + 1
+        if not torch.isfinite(losses[t - 1]):
+            raise NonFiniteError(f"loss_fn returned a non-finite value "
+                                 f"({losses[t - 1].item()}) at step {t}")
+        raise NonFiniteError(f"the gradient of loss_fn at step {t} is not finite (the loss, "
+                             f"{losses[t - 1].item():.6g}, is)")
+
+
 def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
-    """T Adam steps from w0 (m0 = v0 = 0); nothing per step but a generator state."""
+    """T Adam steps from w0 and the optimizer's starting moments (zeros after a fresh
+    start); nothing per step but a generator state."""
     device = problem.layout.device
     w = w0.detach().clone()
-    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    m, v = starting_buffer(problem, "m", w), starting_buffer(problem, "v", w)
     meta = [x.detach() for x in meta]
     anchors, rng_states = {}, []
     losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
@@ -137,40 +211,13 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
     counter = FlopCounterMode(display=False) if may_overlap(problem) else None
     for t in range(1, problem.steps + 1):
         rng_states.append(rng.capture(device))
-        if problem.compiles(t):
-            from . import compiled  # imports torch._dynamo: only for those who ask for it
-
-            g, loss = compiled.gradient_and_loss(problem.functional, problem.loss_fn, w, t, meta)
-        else:
-            with torch.enable_grad(), (counter if t == 1 and counter else
-                                       contextlib.nullcontext()):
-                leaf = w.detach().requires_grad_()
-                loss = _inner_loss(problem, leaf, t, meta)
-                if t == 1:
-                    _refuse_closed_over(loss, leaf)
-                (g,) = torch.autograd.grad(loss, leaf)
-        # Checked by value after the first step only: a module that updates its buffers
-        # (BatchNorm in train mode) does so at every step, and comparing costs a pass.
-        changed = problem.functional.changed_buffers() if t == 1 else []
-        if changed:
-            raise ValueError(
-                f"the model changed its buffers {changed} during step {t}: the reverse pass "
-                f"recomputes every gradient and needs them fixed. Use model.eval() for "
-                f"BatchNorm-style layers (or track_running_stats=False); the model itself "
-                f"was not modified")
+        g, loss = forward_gradient(problem, w, t, meta, counter)
         losses[t - 1] = loss.detach()
         finite_grads[t - 1] = g.isfinite().all()  # no sync: checked once, after the loop
-        problem.kernels.adam_step(w, g.contiguous(), m, v, t, h)
+        problem.kernels.adam_step(w, g.contiguous(), m, v, problem.optimizer_step(t), h)
         if problem.is_anchor(t):
             anchors[t] = (w.clone(), m.clone(), v.clone())
-    bad = (~(torch.isfinite(losses) & finite_grads)).nonzero()
-    if len(bad):  # the first step that went wrong, not the later ones it poisoned
-        t = int(bad[0]) + 1
-        if not torch.isfinite(losses[t - 1]):
-            raise NonFiniteError(f"loss_fn returned a non-finite value "
-                                 f"({losses[t - 1].item()}) at step {t}")
-        raise NonFiniteError(f"the gradient of loss_fn at step {t} is not finite (the loss, "
-                         f"{losses[t - 1].item():.6g}, is)")
+    first_non_finite(losses, finite_grads)
     return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses,
                         counter.get_total_flops() if counter else None)
 
@@ -204,6 +251,7 @@ class ReverseResult:
     lr_grad: torch.Tensor  # float64 0-d
     w0_grad: torch.Tensor
     report: DriftReport
+    momentum_grad: torch.Tensor | None = None  # dF/dmomentum, for SGD with momentum
 
 
 @dataclass
@@ -242,7 +290,7 @@ def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftRep
     h, kernels = problem.hyper, problem.kernels
     w, m, v = state.w, state.m, state.v
     saved = (w.clone(), m.clone(), v.clone())
-    kernels.adam_reverse_params(w, m, v, *nothing[:3], None, t, h)
+    kernels.adam_reverse_params(w, m, v, *nothing[:3], None, problem.optimizer_step(t), h)
     # Re-anchor on the exact state after step t-1 as soon as each part of it is
     # reconstructed: w before g_t is recomputed at it, m and v after the moments.
     exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
@@ -250,7 +298,8 @@ def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftRep
         report.anchors[t - 1] = {"w": _relative(w, exact[0])}
         w.copy_(exact[0])
     if t == 1:
-        # w0 is known exactly (kept for this report) and m0 = v0 = 0. Step 1 needs it most:
+        # w0 is known exactly (kept for this report; m0 and v0 are constants whose adjoints
+        # are not wanted). Step 1 needs it most:
         # its update is nearly lr * sign(g), so g_bar = dF/dg is a cancellation that turns a
         # 1e-8 relative error in a reconstructed w0 into a 2e-2 error of the float32
         # meta-gradient on the SASRec workload (docs/design.md, "Anchors").
@@ -276,11 +325,9 @@ def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: Drift
     """Reconstruct w_{t-1}, recompute g_t there with create_graph=True, reconstruct m_{t-1}
     and v_{t-1}."""
     saved, exact = _reverse_params(problem, state, report, nothing, t)
-    with torch.enable_grad():
-        # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
-        leaf = state.w.clone().requires_grad_()
-        loss = _inner_loss(problem, leaf, t, meta)
-        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+    # Its own storage: w moves on to w_{t-2} while this graph may still be in use.
+    leaf = state.w.clone().requires_grad_()
+    g = graph_gradient(problem, leaf, t, meta)
     _reverse_moments(problem, state, g, exact, report, nothing, t)
     return _StepGraph(t, saved, leaf, g)
 
@@ -311,7 +358,8 @@ class _Adjoints:
         """The adjoints through step t's parameter update, from copies of (w_t, m_t, v_t)
         (overwritten) and the previous step's Hessian-vector product."""
         self.lr_grad += self.problem.kernels.adam_reverse_params(
-            *state, self.w_bar, self.m_bar, self.v_bar, self.hvp, t, self.problem.hyper)
+            *state, self.w_bar, self.m_bar, self.v_bar, self.hvp,
+            self.problem.optimizer_step(t), self.problem.hyper)
 
     def add(self, hvps) -> None:
         """Take step t's (H g_bar, then the mixed term of each wanted meta tensor)."""
@@ -321,7 +369,7 @@ class _Adjoints:
                 acc += term
 
     def finish(self) -> torch.Tensor:
-        """dF/dw0: completes step 1 (its moment adjoints are those of m0 = v0 = 0: unused)."""
+        """dF/dw0: completes step 1 (its moment adjoints are those of m0 and v0, constants)."""
         return self.w_bar if self.hvp is None else self.w_bar + self.hvp
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .hyper import AdamHyper
+from .hyper import AdamHyper, SGDHyper
 
 # Upper bound on the reduction's block partial sums (the kernel caps its grid at the number
 # of resident blocks, ~1056 on an H100).
@@ -13,7 +13,7 @@ _PARTIALS_CAPACITY = 4096
 
 
 class CudaLaunchers:
-    """The three ops over a compiled module of csrc/cuda_kernels.cu: farzi_fast._C_cuda on a
+    """The five ops over a compiled module of csrc/cuda_kernels.cu: farzi_fast._C_cuda on a
     GPU, or farzi_fast._C_cuda_emu (the same kernels compiled for the host, which the tests
     run on CPU tensors with stream 0 and no device context)."""
 
@@ -47,6 +47,29 @@ class CudaLaunchers:
                 g_bar.data_ptr(), m.numel(), m.dtype == torch.float64, hyper.beta1,
                 hyper.beta2, self._stream(m))
 
+    def sgd_step(self, w, g, b, step: int, hyper: SGDHyper) -> None:
+        with self._device(w.device):
+            self._module().sgd_step(w.data_ptr(), g.data_ptr(), _address(b), w.numel(),
+                                    w.dtype == torch.float64, hyper.lr, hyper.momentum,
+                                    hyper.dampening, hyper.weight_decay, hyper.nesterov, step,
+                                    self._stream(w))
+
+    def sgd_reverse(self, w, g, b, w_bar, b_bar, g_bar, hvp, step: int,
+                    hyper: SGDHyper) -> tuple[torch.Tensor, torch.Tensor]:
+        partials = torch.empty(2 * _PARTIALS_CAPACITY, dtype=torch.float64, device=w.device)
+        grads = torch.empty(2, dtype=torch.float64, device=w.device)
+        with self._device(w.device):
+            self._module().sgd_reverse(
+                w.data_ptr(), g.data_ptr(), _address(b), w_bar.data_ptr(), _address(b_bar),
+                g_bar.data_ptr(), _address(hvp), w.numel(), w.dtype == torch.float64, hyper.lr,
+                hyper.momentum, hyper.dampening, hyper.weight_decay, hyper.nesterov, step,
+                partials.data_ptr(), _PARTIALS_CAPACITY, grads.data_ptr(), self._stream(w))
+        return grads[0], grads[1]
+
+
+def _address(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
 
 def _module():
     from .. import _C_cuda
@@ -62,3 +85,5 @@ _launchers = CudaLaunchers(_module, _stream, torch.cuda.device)
 adam_step = _launchers.adam_step
 adam_reverse_params = _launchers.adam_reverse_params
 adam_reverse_moments = _launchers.adam_reverse_moments
+sgd_step = _launchers.sgd_step
+sgd_reverse = _launchers.sgd_reverse

@@ -81,3 +81,40 @@ def step_coefficients(hyper: AdamHyper, step: int) -> StepCoefficients:
     bias2 = 1.0 - hyper.beta2 ** step
     return StepCoefficients(step_size=hyper.lr / bias1, bias2_sqrt=math.sqrt(bias2),
                             inv_bias1=1.0 / bias1, decay=1.0 - hyper.lr * hyper.weight_decay)
+
+
+@dataclass(frozen=True)
+class SGDHyper:
+    """Validated torch.optim.SGD hyperparameters: coupled L2 (`weight_decay` added to the
+    gradient), momentum with dampening, heavy-ball or Nesterov. momentum == 0 is plain SGD,
+    which keeps no buffer (dampening and nesterov then change nothing, as in torch)."""
+
+    lr: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    @classmethod
+    def checked(cls, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                nesterov=False) -> SGDHyper:
+        """Build from user values; raise TypeError/ValueError naming the bad argument."""
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        hyper = cls(_real("lr", lr), _real("momentum", momentum), _real("dampening", dampening),
+                    _real("weight_decay", weight_decay), nesterov)
+        if hyper.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {hyper.lr}")
+        if hyper.momentum < 0:
+            raise ValueError(f"momentum must be >= 0, got {hyper.momentum}")
+        if hyper.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {hyper.weight_decay}")
+        if nesterov and (hyper.momentum <= 0 or hyper.dampening != 0):
+            raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0 (as "
+                             f"torch.optim.SGD), got momentum={hyper.momentum}, "
+                             f"dampening={hyper.dampening}")
+        return hyper
+
+    @property
+    def has_momentum(self) -> bool:
+        return self.momentum != 0.0

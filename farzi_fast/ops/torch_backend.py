@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .hyper import AdamHyper, step_coefficients
+from .hyper import AdamHyper, SGDHyper, step_coefficients
 
 
 def adam_step(w, g, m, v, step: int, hyper: AdamHyper) -> None:
@@ -55,3 +55,47 @@ def adam_reverse_moments(m, v, g, m_bar, v_bar, g_bar, hyper: AdamHyper) -> None
     g_bar.copy_(g_bar_new)
     m.copy_(m_prev)
     v.copy_(v_prev)
+
+
+def _sgd_direction(w, g, b, step: int, hyper: SGDHyper):
+    """(g + wd w, the buffer after this step or None, the step's direction d: w_t = w - lr d),
+    as torch.optim.SGD computes them."""
+    g_hat = g + hyper.weight_decay * w
+    if not hyper.has_momentum:
+        return g_hat, None, g_hat
+    b_new = g_hat if step == 1 else hyper.momentum * b + (1.0 - hyper.dampening) * g_hat
+    d = g_hat + hyper.momentum * b_new if hyper.nesterov else b_new
+    return g_hat, b_new, d
+
+
+def sgd_step(w, g, b, step: int, hyper: SGDHyper) -> None:
+    _, b_new, d = _sgd_direction(w, g, b, step, hyper)
+    w_new = w - hyper.lr * d
+    if b_new is not None:
+        b.copy_(b_new)
+    w.copy_(w_new)
+
+
+def sgd_reverse(w, g, b, w_bar, b_bar, g_bar, hvp, step: int,
+                hyper: SGDHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    w_bar_in = w_bar + hvp if hvp is not None else w_bar
+    _, b_new, d = _sgd_direction(w, g, b, step, hyper)
+    d_bar = -hyper.lr * w_bar_in
+    lr_grad = -(w_bar_in * d).sum(dtype=torch.float64)
+    momentum_grad = torch.zeros((), dtype=torch.float64, device=w.device)
+    if hyper.has_momentum:
+        b_bar_total = b_bar + (hyper.momentum * d_bar if hyper.nesterov else d_bar)
+        g_hat_bar = (d_bar if hyper.nesterov else torch.zeros_like(d_bar)) + (
+            b_bar_total if step == 1 else (1.0 - hyper.dampening) * b_bar_total)
+        if hyper.nesterov:
+            momentum_grad = momentum_grad + (d_bar * b_new).sum(dtype=torch.float64)
+        if step > 1:
+            momentum_grad = momentum_grad + (b_bar_total * b).sum(dtype=torch.float64)
+            b_bar.copy_(hyper.momentum * b_bar_total)
+        else:
+            b_bar.zero_()
+    else:
+        g_hat_bar = d_bar
+    w_bar.copy_(w_bar_in + hyper.weight_decay * g_hat_bar)
+    g_bar.copy_(g_hat_bar)
+    return lr_grad, momentum_grad

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .hyper import AdamHyper, step_coefficients
+from .hyper import AdamHyper, SGDHyper, step_coefficients
 
 _BLOCK = 1024
 # No contraction of a * b + c into one FMA: the reference rounds the product and the sum
@@ -205,3 +205,154 @@ def adam_reverse_moments(m, v, g, m_bar, v_bar, g_bar, hyper: AdamHyper) -> None
         m, v, g, m_bar, v_bar, g_bar, m.numel(), hyper.beta1, hyper.beta2,
         1.0 - hyper.beta1, 1.0 - hyper.beta2, BLOCK=_BLOCK, IEEE_FP32=m.dtype == torch.float32,
         **_ROUNDING)
+
+
+# SGD: the momentum buffer's presence, Nesterov and torch's first momentum step are
+# compile-time branches; without momentum the buffer pointers are never read (any pointer
+# serves).
+
+@triton.jit
+def _sgd_direction(w, g, b, lr, momentum, one_minus_dampening, weight_decay,
+                   HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST: tl.constexpr):
+    """(d, b_t): the direction of w_t = w - lr d and the buffer after the step."""
+    dt = w.dtype
+    g_hat = g + tl.full((), weight_decay, dt) * w
+    if HAS_MOMENTUM:
+        mu = tl.full((), momentum, dt)
+        if FIRST:
+            b_new = g_hat
+        else:
+            b_new = mu * b + tl.full((), one_minus_dampening, dt) * g_hat
+        if NESTEROV:
+            d = g_hat + mu * b_new
+        else:
+            d = b_new
+    else:
+        b_new = g_hat
+        d = g_hat
+    return d, b_new
+
+
+@triton.jit
+def _sgd_step_block(w_ptr, g_ptr, b_ptr, offsets, mask, lr, momentum, one_minus_dampening,
+                    weight_decay, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+                    FIRST: tl.constexpr):
+    w = tl.load(w_ptr + offsets, mask=mask)
+    g = tl.load(g_ptr + offsets, mask=mask)
+    if HAS_MOMENTUM and not FIRST:
+        b = tl.load(b_ptr + offsets, mask=mask)
+    else:
+        b = g
+    d, b_new = _sgd_direction(w, g, b, lr, momentum, one_minus_dampening, weight_decay,
+                              HAS_MOMENTUM, NESTEROV, FIRST)
+    tl.store(w_ptr + offsets, w - tl.full((), lr, w.dtype) * d, mask=mask)
+    if HAS_MOMENTUM:
+        tl.store(b_ptr + offsets, b_new, mask=mask)
+
+
+@triton.jit
+def _sgd_step_kernel(w_ptr, g_ptr, b_ptr, n, lr: tl.float64, momentum: tl.float64,
+                     one_minus_dampening: tl.float64, weight_decay: tl.float64,
+                     HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _sgd_step_block(w_ptr, g_ptr, b_ptr, offsets, None, lr, momentum, one_minus_dampening,
+                        weight_decay, HAS_MOMENTUM, NESTEROV, FIRST)
+    else:
+        _sgd_step_block(w_ptr, g_ptr, b_ptr, offsets, offsets < n, lr, momentum,
+                        one_minus_dampening, weight_decay, HAS_MOMENTUM, NESTEROV, FIRST)
+
+
+@triton.jit
+def _sgd_reverse_block(w_ptr, g_ptr, b_ptr, w_bar_ptr, b_bar_ptr, g_bar_ptr, hvp_ptr,
+                       lr_partials_ptr, momentum_partials_ptr, offsets, mask, lr, momentum,
+                       one_minus_dampening, weight_decay, HAS_HVP: tl.constexpr,
+                       HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+                       FIRST: tl.constexpr):
+    w = tl.load(w_ptr + offsets, mask=mask)
+    g = tl.load(g_ptr + offsets, mask=mask)
+    w_bar = tl.load(w_bar_ptr + offsets, mask=mask)
+    dt = w.dtype
+    if HAS_HVP:
+        w_bar = w_bar + tl.load(hvp_ptr + offsets, mask=mask)
+    if HAS_MOMENTUM and not FIRST:
+        b = tl.load(b_ptr + offsets, mask=mask)
+    else:
+        b = g
+    d, b_new = _sgd_direction(w, g, b, lr, momentum, one_minus_dampening, weight_decay,
+                              HAS_MOMENTUM, NESTEROV, FIRST)
+    d_bar = -tl.full((), lr, dt) * w_bar
+    lr_term = (-(w_bar * d)).to(tl.float64)
+    momentum_term = tl.zeros_like(lr_term)
+    if HAS_MOMENTUM:
+        mu = tl.full((), momentum, dt)
+        b_bar = tl.load(b_bar_ptr + offsets, mask=mask)
+        if NESTEROV:
+            b_bar_total = b_bar + mu * d_bar
+            momentum_term = (d_bar * b_new).to(tl.float64)
+        else:
+            b_bar_total = b_bar + d_bar
+        if FIRST:
+            g_hat_bar = b_bar_total
+            tl.store(b_bar_ptr + offsets, tl.zeros_like(b_bar), mask=mask)
+        else:
+            g_hat_bar = tl.full((), one_minus_dampening, dt) * b_bar_total
+            momentum_term = momentum_term + (b_bar_total * b).to(tl.float64)
+            tl.store(b_bar_ptr + offsets, mu * b_bar_total, mask=mask)
+        if NESTEROV:
+            g_hat_bar = d_bar + g_hat_bar
+    else:
+        g_hat_bar = d_bar
+    if mask is not None:
+        lr_term = tl.where(mask, lr_term, 0.0)
+        momentum_term = tl.where(mask, momentum_term, 0.0)
+    tl.store(lr_partials_ptr + tl.program_id(0), tl.sum(lr_term, axis=0))
+    tl.store(momentum_partials_ptr + tl.program_id(0), tl.sum(momentum_term, axis=0))
+    tl.store(w_bar_ptr + offsets, w_bar + tl.full((), weight_decay, dt) * g_hat_bar, mask=mask)
+    tl.store(g_bar_ptr + offsets, g_hat_bar, mask=mask)
+
+
+@triton.jit
+def _sgd_reverse_kernel(w_ptr, g_ptr, b_ptr, w_bar_ptr, b_bar_ptr, g_bar_ptr, hvp_ptr,
+                        lr_partials_ptr, momentum_partials_ptr, n, lr: tl.float64,
+                        momentum: tl.float64, one_minus_dampening: tl.float64,
+                        weight_decay: tl.float64, HAS_HVP: tl.constexpr,
+                        HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _sgd_reverse_block(w_ptr, g_ptr, b_ptr, w_bar_ptr, b_bar_ptr, g_bar_ptr, hvp_ptr,
+                           lr_partials_ptr, momentum_partials_ptr, offsets, None, lr, momentum,
+                           one_minus_dampening, weight_decay, HAS_HVP, HAS_MOMENTUM, NESTEROV,
+                           FIRST)
+    else:
+        _sgd_reverse_block(w_ptr, g_ptr, b_ptr, w_bar_ptr, b_bar_ptr, g_bar_ptr, hvp_ptr,
+                           lr_partials_ptr, momentum_partials_ptr, offsets, offsets < n, lr,
+                           momentum, one_minus_dampening, weight_decay, HAS_HVP, HAS_MOMENTUM,
+                           NESTEROV, FIRST)
+
+
+def _sgd_flags(step: int, hyper: SGDHyper) -> dict:
+    return dict(HAS_MOMENTUM=hyper.has_momentum, NESTEROV=hyper.nesterov, FIRST=step == 1)
+
+
+def sgd_step(w, g, b, step: int, hyper: SGDHyper) -> None:
+    _sgd_step_kernel[_grid(w.numel())](
+        w, g, w if b is None else b, w.numel(), hyper.lr, hyper.momentum,
+        1.0 - hyper.dampening, hyper.weight_decay, **_sgd_flags(step, hyper), BLOCK=_BLOCK,
+        **_ROUNDING)
+
+
+def sgd_reverse(w, g, b, w_bar, b_bar, g_bar, hvp, step: int,
+                hyper: SGDHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = _grid(w.numel())
+    partials = torch.empty(2, grid[0], dtype=torch.float64, device=w.device)
+    _sgd_reverse_kernel[grid](
+        w, g, w if b is None else b, w_bar, w_bar if b_bar is None else b_bar, g_bar,
+        w if hvp is None else hvp, partials[0], partials[1], w.numel(), hyper.lr,
+        hyper.momentum, 1.0 - hyper.dampening, hyper.weight_decay, HAS_HVP=hvp is not None,
+        **_sgd_flags(step, hyper), BLOCK=_BLOCK, **_ROUNDING)
+    return partials[0].sum(), partials[1].sum()

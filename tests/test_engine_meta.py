@@ -1,0 +1,76 @@
+"""Meta-parameters kept in an nn.Module the inner loss closes over (a distilled-data module
+with a `get_batch(t)`, as TD3 keeps its synthetic sequences): gradients equal to the loose
+tensor form's, landing in the module's `.grad`; without `meta=` such a module is refused."""
+
+import pytest
+import torch
+from torch import nn
+
+from farzi_fast.engine import meta_gradient, unroll, unrolled_meta_gradient
+
+from .models import mlp
+from .test_engine import rel
+
+
+class DistilledData(nn.Module):
+    """Synthetic inputs as a product of two factors, and fixed targets (a buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.left = nn.Parameter(torch.randn(3, 4, 2, dtype=torch.float64, generator=g))
+        self.right = nn.Parameter(torch.randn(2, 5, dtype=torch.float64, generator=g))
+        self.register_buffer("targets", torch.randn(3, 4, 3, dtype=torch.float64, generator=g))
+
+    def get_batch(self, t):
+        i = t % 3
+        return self.left[i] @ self.right, self.targets[i]
+
+
+def outer_fn(f):
+    x = torch.linspace(-1, 1, 40, dtype=torch.float64).reshape(8, 5)
+    return f(x).pow(2).mean()
+
+
+def test_a_module_the_loss_closes_over_gets_the_loose_tensors_gradients():
+    model, data = mlp(), DistilledData()
+
+    def closed_over(f, t, _data):  # calls the module it closes over, not the argument
+        x, y = data.get_batch(t)
+        return ((f(x) - y) ** 2).mean()
+
+    def loose(f, t, left, right):
+        i = t % 3
+        return ((f(left[i] @ right) - data.targets[i]) ** 2).mean()
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    got = meta_gradient(model, closed_over, outer_fn, 12, meta=(data,), optimizer=sgd)
+    left = data.left.detach().clone().requires_grad_()
+    right = data.right.detach().clone().requires_grad_()
+    want = unrolled_meta_gradient(model, loose, outer_fn, 12, meta=(left, right), optimizer=sgd)
+    assert set(got.meta_grads[0]) == {"left", "right"}
+    assert rel(got.meta_grads[0]["left"], want.meta_grads[0]) < 1e-11
+    assert rel(got.meta_grads[0]["right"], want.meta_grads[1]) < 1e-11
+    assert rel(data.left.grad, want.meta_grads[0]) < 1e-11  # landed in .grad
+
+    data.zero_grad()
+    trained = unroll(model, closed_over, 12, meta=(data,), lr=0.02)  # Adam, keep .backward()
+    outer_fn(lambda *a: torch.func.functional_call(model, dict(trained), a)).backward()
+    adam = unrolled_meta_gradient(model, loose, outer_fn, 12, meta=(left, right), lr=0.02)
+    assert rel(data.left.grad, adam.meta_grads[0]) < 1e-9
+    assert rel(data.right.grad, adam.meta_grads[1]) < 1e-9
+
+
+def test_without_meta_the_closed_over_module_is_refused_and_bad_items_named():
+    model, data = mlp(), DistilledData()
+
+    def closed_over(f, t):
+        x, y = data.get_batch(t)
+        return ((f(x) - y) ** 2).mean()
+
+    with pytest.raises(ValueError, match="reaches 2 tensor\\(s\\) that require grad"):
+        unroll(model, closed_over, 2)
+    with pytest.raises(ValueError, match=r"meta\[0\] is a Linear with no parameter that requires"):
+        unroll(model, closed_over, 2, meta=(nn.Linear(2, 2).requires_grad_(False),))
+    with pytest.raises(TypeError, match=r"meta\[0\] must be a tensor or an nn.Module, got dict"):
+        unroll(model, closed_over, 2, meta=({"x": data.left},))
