@@ -79,6 +79,28 @@ def test_sgd_matches_unrolled_autograd_float64(variant, anchor_every, backend):
         assert got.momentum_grad == 0
 
 
+@pytest.mark.parametrize("anchor_every", [30, 7], ids=["pure-reversal", "anchors-every-7"])
+def test_heavy_ball_is_inverted_with_anchors_like_adam(anchor_every):
+    """Heavy-ball momentum is undone step by step (no replay): exact in float64 with no anchor
+    but the start, and the report gives the drift each anchor corrected. Nesterov replays:
+    nothing drifts, nothing to report."""
+    model = mlp()
+    loss_fn, outer_fn, meta = regression_problem()
+    heavy_ball = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, dampening=0.1,
+                                 weight_decay=0.01)
+    want = unrolled_meta_gradient(model, loss_fn, outer_fn, 30, meta=meta, optimizer=heavy_ball)
+    got = meta_gradient(model, loss_fn, outer_fn, 30, meta=meta, optimizer=heavy_ball,
+                        anchor_every=anchor_every)
+    assert_same_gradients(got, want, 1e-9)
+    assert got.report.w0 < 1e-12
+    assert sorted(got.report.anchors) == list(range(anchor_every, 30, anchor_every))
+    assert all(0 < d["w"] < 1e-12 and d["b"] < 1e-9 for d in got.report.anchors.values())
+    nesterov = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    replayed = meta_gradient(model, loss_fn, outer_fn, 30, meta=meta, optimizer=nesterov,
+                             anchor_every=anchor_every)
+    assert replayed.report.w0 == 0 and not replayed.report.anchors
+
+
 def test_adam_coupled_l2_matches_unrolled_autograd_float64():
     model = mlp()
     loss_fn, outer_fn, meta = regression_problem()

@@ -165,8 +165,9 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
     after each of the first `anchor_head` steps (default 8) and every `anchor_every` steps
     (default 25). ``anchor_every=steps, anchor_head=0`` is pure reversal (the paper's scheme,
     O(1) memory, exact only in float64 and for short loops). SGD keeps (w, b) every
-    `anchor_every` steps and replays each segment's `anchor_every` states in the reverse pass
-    (engine/sgd.py): exact, one more gradient per step.
+    `anchor_every` steps: heavy-ball momentum is undone like Adam; plain SGD and Nesterov
+    cannot be, and replay each segment from its anchor instead (engine/sgd.py): exact, one
+    more gradient per step, `anchor_every` more states.
 
     On a CPU with two or more torch threads, when a step is small (step 1's loss and
     gradient under 200 MFLOP, counted by torch's FlopCounterMode), the reverse pass overlaps

@@ -1,15 +1,15 @@
 """The inner loop of torch.optim.SGD (plain, heavy-ball or Nesterov momentum, dampening,
 coupled L2) forward, and its reverse pass, exact at any T.
 
-SGD's step cannot be undone from its result the way Adam's can: w_t = w_{t-1} - lr d_t with d_t
-built from the gradient at w_{t-1} itself (plain SGD, Nesterov), so w_{t-1} is the solution of
-an implicit equation. The reverse pass therefore recomputes instead of reversing: the forward
-keeps the exact state (w, b) after every `anchor_every`-th step; the reverse pass takes the
-segments between them last first, replays each forward from its anchor keeping its states
-(at most `anchor_every` of them), and walks it backwards with the fused kernel ops.sgd_reverse
-and one Hessian-vector product per step. Every state is the one the forward computed, bit for
-bit, so there is no drift to report; the price is one more gradient per step than Adam's
-reverse pass (docs/design.md, "SGD").
+Heavy-ball momentum is undone like Adam: w_{t-1} = w_t + lr b_t, the gradient recomputed
+there, b_{t-1} = (b_t - (1 - dampening) ĝ_t) / momentum, re-anchored on exact states (w, b)
+kept every `anchor_every` steps, since the division amplifies rounding. Plain SGD and
+Nesterov cannot be undone: w_t = w_{t-1} - lr d_t with d_t built from the gradient at w_{t-1}
+itself, an implicit equation for w_{t-1}. Their reverse pass replays instead: the segments
+between anchors, last first, each replayed from its anchor keeping its states (at most
+`anchor_every`), then walked backwards; every state is the forward's, bit for bit, at the
+price of one more gradient per step. Both paths take each reverse step with the fused
+kernel ops.sgd_reverse and one Hessian-vector product (docs/design.md, "SGD").
 """
 
 from __future__ import annotations
@@ -92,43 +92,109 @@ def _replay(problem: InnerProblem, state: SGDForwardState, meta, start: int, end
     return states
 
 
+class _Adjoints:
+    """dF/dw, dF/db, dF/dlr, dF/dmomentum and dF/dmeta, updated one reverse step at a time."""
+
+    def __init__(self, problem: InnerProblem, w_bar: torch.Tensor, wanted: list):
+        device = w_bar.device
+        self.problem, self.wanted = problem, wanted
+        self.meta_bar = [torch.zeros_like(x) for x in wanted]
+        self.w_bar = w_bar.detach().clone()
+        self.b_bar = torch.zeros_like(self.w_bar) if _has_momentum(problem) else None
+        self.g_bar = torch.empty_like(self.w_bar)
+        self.lr_grad = torch.zeros((), dtype=torch.float64, device=device)
+        self.momentum_grad = torch.zeros((), dtype=torch.float64, device=device)
+        self.hvp: torch.Tensor | None = None
+
+    def step(self, t: int, leaf: torch.Tensor, g: torch.Tensor, b_prev) -> None:
+        """Reverse step t from the state before it (leaf = w_{t-1}, b_prev = b_{t-1}) and g_t
+        recomputed at it with its graph."""
+        lr_term, momentum_term = self.problem.kernels.sgd_reverse(
+            leaf.detach(), g.detach().contiguous(), b_prev, self.w_bar, self.b_bar, self.g_bar,
+            self.hvp, self.problem.optimizer_step(t), self.problem.hyper)
+        self.lr_grad += lr_term
+        self.momentum_grad += momentum_term
+        products = torch.autograd.grad(g, [leaf, *self.wanted], grad_outputs=self.g_bar,
+                                       allow_unused=True)
+        self.hvp = (products[0].contiguous() if products[0] is not None
+                    else torch.zeros_like(self.w_bar))
+        for acc, term in zip(self.meta_bar, products[1:]):
+            if term is not None:
+                acc += term
+
+    def finish(self) -> torch.Tensor:
+        """dF/dw0."""
+        return self.w_bar if self.hvp is None else self.w_bar + self.hvp
+
+
+def inverts(problem: InnerProblem) -> bool:
+    """Whether the reverse pass inverts the steps (heavy-ball momentum: w_{t-1} = w_t + lr b_t)
+    instead of replaying them (plain SGD, Nesterov: module docstring)."""
+    h = problem.hyper
+    return isinstance(h, SGDHyper) and h.has_momentum and not h.nesterov
+
+
+def _replayed(problem: InnerProblem, state: SGDForwardState, meta, constants, adjoints):
+    end = problem.steps
+    for start in sorted(state.anchors, reverse=True):
+        states = _replay(problem, state, constants, start, end)
+        for t in range(end, start, -1):
+            w_prev, b_prev = states.pop()
+            rng.restore(state.rng_states[t - 1], problem.layout.device)
+            leaf = w_prev.requires_grad_()
+            adjoints.step(t, leaf, graph_gradient(problem, leaf, t, meta), b_prev)
+        end = start
+
+
+def _inverted(problem: InnerProblem, state: SGDForwardState, meta, adjoints,
+              report: DriftReport) -> None:
+    """Heavy-ball steps undone one by one: w_{t-1} = w_t + lr b_t, then g_t at w_{t-1},
+    b_{t-1} = (b_t - (1 - dampening)(g_t + wd w_{t-1})) / momentum; re-anchored on the exact
+    states like Adam's reverse pass (the division by momentum amplifies rounding)."""
+    h = problem.hyper
+    assert isinstance(h, SGDHyper)
+    w, b = state.w, state.b
+    assert b is not None
+    for t in range(problem.steps, 0, -1):
+        w.add_(b, alpha=h.lr)
+        exact = state.anchors.pop(t - 1, None)
+        if exact is not None:
+            drift = _relative(w, exact[0])
+            if t == 1:
+                report.w0 = drift
+            else:
+                report.anchors[t - 1] = {"w": drift}
+            w.copy_(exact[0])
+        rng.restore(state.rng_states[t - 1], problem.layout.device)
+        leaf = w.clone().requires_grad_()
+        g = graph_gradient(problem, leaf, t, meta)
+        if problem.optimizer_step(t) > 1:  # torch's first momentum step does not read b
+            g_hat = g.detach() + h.weight_decay * w
+            b.sub_((1.0 - h.dampening) * g_hat).div_(h.momentum)
+        if exact is not None and exact[1] is not None:
+            if t > 1:
+                report.anchors[t - 1]["b"] = _relative(b, exact[1])
+            b.copy_(exact[1])
+        adjoints.step(t, leaf, g, b)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(torch.finfo(b.dtype).tiny)).item()
+
+
 def run_reverse(problem: InnerProblem, state: SGDForwardState, w_bar: torch.Tensor, meta,
                 meta_needs_grad) -> ReverseResult:
-    """Reverse pass from dF/dw_T; `result.momentum_grad` is dF/dmomentum. Consumes the
-    anchors of `state`."""
+    """Reverse pass from dF/dw_T; `result.momentum_grad` is dF/dmomentum. Consumes `state`
+    (its anchors, and its final state where the steps are inverted)."""
     device = problem.layout.device
     constants = [x.detach() for x in meta]
     meta = [x.detach().requires_grad_(need) for x, need in zip(meta, meta_needs_grad)]
-    wanted = [x for x in meta if x.requires_grad]
-    meta_bar = [torch.zeros_like(x) for x in wanted]
-    w_bar = w_bar.detach().clone()
-    b_bar = torch.zeros_like(w_bar) if _has_momentum(problem) else None
-    g_bar = torch.empty_like(w_bar)
-    lr_grad = torch.zeros((), dtype=torch.float64, device=device)
-    momentum_grad = torch.zeros((), dtype=torch.float64, device=device)
-    hvp = None
-    end = problem.steps
+    adjoints = _Adjoints(problem, w_bar, [x for x in meta if x.requires_grad])
+    report = DriftReport(w0=0.0)
     with rng.preserved(device):
-        for start in sorted(state.anchors, reverse=True):
-            states = _replay(problem, state, constants, start, end)
-            for t in range(end, start, -1):
-                w_prev, b_prev = states.pop()
-                rng.restore(state.rng_states[t - 1], device)
-                leaf = w_prev.requires_grad_()
-                g = graph_gradient(problem, leaf, t, meta)
-                lr_term, momentum_term = problem.kernels.sgd_reverse(
-                    w_prev.detach(), g.detach().contiguous(), b_prev, w_bar, b_bar, g_bar, hvp,
-                    problem.optimizer_step(t), problem.hyper)
-                lr_grad += lr_term
-                momentum_grad += momentum_term
-                products = torch.autograd.grad(g, [leaf, *wanted], grad_outputs=g_bar,
-                                               allow_unused=True)
-                hvp = (products[0].contiguous() if products[0] is not None
-                       else torch.zeros_like(w_bar))
-                for acc, term in zip(meta_bar, products[1:]):
-                    if term is not None:
-                        acc += term
-            end = start
-    w0_grad = w_bar if hvp is None else w_bar + hvp
-    return ReverseResult(per_meta(meta_needs_grad, meta_bar), lr_grad, w0_grad,
-                         DriftReport(w0=0.0), momentum_grad)
+        if inverts(problem):
+            _inverted(problem, state, meta, adjoints, report)
+        else:
+            _replayed(problem, state, meta, constants, adjoints)
+    return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
+                         adjoints.finish(), report, adjoints.momentum_grad)
