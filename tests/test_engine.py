@@ -397,8 +397,8 @@ def test_reverse_pass_overlaps_only_small_steps(monkeypatch, width, overlapped):
     from farzi_fast.engine import inner
 
     calls = []
-    real = inner._overlapped
-    monkeypatch.setattr(inner, "_overlapped", lambda *a: calls.append(1) or real(*a))
+    real = inner.overlapped
+    monkeypatch.setattr(inner, "overlapped", lambda *a: calls.append(1) or real(*a))
     model = nn.Linear(width, width)
     x = torch.randn(512, width, requires_grad=True)
     loss_fn = lambda f, t, x: f(x).pow(2).mean()  # noqa: E731

@@ -74,3 +74,16 @@ def test_without_meta_the_closed_over_module_is_refused_and_bad_items_named():
         unroll(model, closed_over, 2, meta=(nn.Linear(2, 2).requires_grad_(False),))
     with pytest.raises(TypeError, match=r"meta\[0\] must be a tensor or an nn.Module, got dict"):
         unroll(model, closed_over, 2, meta=({"x": data.left},))
+
+
+def test_a_meta_module_parameter_the_loss_never_reads_is_named_in_a_warning():
+    model, data = mlp(), DistilledData()
+    data.unused = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def closed_over(f, t, _data):
+        x, y = data.get_batch(t)
+        return ((f(x) - y) ** 2).mean()
+
+    with pytest.warns(UserWarning, match=r"never used meta\[0\]\.unused: their gradient"):
+        result = meta_gradient(model, closed_over, outer_fn, 3, meta=(data,), lr=0.01)
+    assert torch.equal(result.meta_grads[0]["unused"], torch.zeros(2, dtype=torch.float64))

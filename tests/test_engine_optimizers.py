@@ -101,6 +101,30 @@ def test_heavy_ball_is_inverted_with_anchors_like_adam(anchor_every):
     assert replayed.report.w0 == 0 and not replayed.report.anchors
 
 
+@pytest.mark.parametrize("kind", ["sgd-dampening-l2", "sgd-nesterov-l2"])
+def test_overlapped_sgd_reverse_pass_equals_the_sequential_one_bit_for_bit(monkeypatch, kind):
+    """The halves of the reverse pass on two threads (as Adam's, for small steps) run the
+    same kernels on the same values: one intra-op thread for both runs."""
+    from farzi_fast.engine import sgd
+
+    model = mlp()
+    loss_fn, outer_fn, meta = regression_problem()
+    results, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for flag in (False, True):
+            monkeypatch.setattr(sgd, "overlaps", lambda problem, state, flag=flag: flag)
+            results.append(meta_gradient(model, loss_fn, outer_fn, 30, meta=meta,
+                                         optimizer=optimizers(model)[kind], anchor_every=7))
+    finally:
+        torch.set_num_threads(threads)
+    sequential, overlapped = results
+    assert torch.equal(sequential.meta_grads[0], overlapped.meta_grads[0])
+    assert torch.equal(sequential.lr_grad, overlapped.lr_grad)
+    assert torch.equal(sequential.momentum_grad, overlapped.momentum_grad)
+    assert sequential.report == overlapped.report
+
+
 def test_adam_coupled_l2_matches_unrolled_autograd_float64():
     model = mlp()
     loss_fn, outer_fn, meta = regression_problem()

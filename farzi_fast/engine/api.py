@@ -16,7 +16,7 @@ from ..ops.validation import SUPPORTED_DTYPES
 from . import inner, sgd
 from .flat import FlatLayout, FunctionalModel
 from .inner import DriftReport, InnerProblem, per_meta
-from .meta import MetaArguments, expand
+from .meta import MetaArguments, expand, warn_untouched
 from .optimizers import InnerOptimizer, from_keywords, from_optimizer
 
 # Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
@@ -105,6 +105,7 @@ def _meta_for(problem: InnerProblem, meta) -> MetaArguments:
     """The flat meta tensors, with the problem's loss taking them in place of any module."""
     spec = expand(meta, problem.layout)
     problem.loss_fn = spec.wrap(problem.loss_fn)
+    problem.module_meta = spec.module_names
     return spec
 
 
@@ -136,6 +137,7 @@ class _UnrollFunction(torch.autograd.Function):
         meta = ctx.saved_tensors
         needs = ctx.needs_input_grad[4:]
         result = _passes(ctx.problem)[1](ctx.problem, ctx.state, w_bar, meta, needs)
+        warn_untouched(ctx.problem.module_meta, needs, result.touched)
         ctx.state = None
         ctx.trained.report = result.report
         lr_grad = None
@@ -268,6 +270,7 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
         grads = torch.autograd.grad(value, [w_T, *direct], allow_unused=True)
     w_bar = grads[0] if grads[0] is not None else torch.zeros_like(w_T)
     result = run_reverse(problem, state, w_bar, meta, needs)
+    warn_untouched(problem.module_meta, needs, result.touched)
     direct = per_meta(needs, grads[1:])  # terms of F that use meta without training
     meta_grads = [g if d is None else g + d for g, d in zip(result.meta_grads, direct)]
     init_grads = {n: t.clone() for n, t in layout.views(result.w0_grad).items()}

@@ -23,7 +23,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -55,6 +55,8 @@ class InnerProblem:
     # for Adam, "b" for SGD's momentum buffer); a fresh start when empty
     steps_taken: int = 0
     start: dict = field(default_factory=dict)
+    # flat meta index -> "meta[i].name" for the parameters of modules given in meta=
+    module_meta: dict = field(default_factory=dict)
 
     def optimizer_step(self, t: int) -> int:
         """The optimizer's own step number of inner step t (bias corrections, SGD's first
@@ -252,6 +254,7 @@ class ReverseResult:
     w0_grad: torch.Tensor
     report: DriftReport
     momentum_grad: torch.Tensor | None = None  # dF/dmomentum, for SGD with momentum
+    touched: list | None = None  # per meta tensor wanted: whether any step's loss used it
 
 
 @dataclass
@@ -342,6 +345,7 @@ class _Adjoints:
         self.m_bar, self.v_bar, self.g_bar = (torch.zeros_like(self.w_bar) for _ in range(3))
         self.lr_grad = torch.zeros((), dtype=torch.float64, device=self.w_bar.device)
         self.meta_bar = [torch.zeros_like(x) for x in wanted]
+        self.touched = [False] * len(wanted)
         self.hvp: torch.Tensor | None = None
 
     def step(self, graph: _StepGraph) -> None:
@@ -364,9 +368,10 @@ class _Adjoints:
     def add(self, hvps) -> None:
         """Take step t's (H g_bar, then the mixed term of each wanted meta tensor)."""
         self.hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(self.w_bar)
-        for acc, term in zip(self.meta_bar, hvps[1:]):
+        for i, term in enumerate(hvps[1:]):
             if term is not None:
-                acc += term
+                self.meta_bar[i] += term
+                self.touched[i] = True
 
     def finish(self) -> torch.Tensor:
         """dF/dw0: completes step 1 (its moment adjoints are those of m0 and v0, constants)."""
@@ -395,7 +400,7 @@ def _compiled_reverse(problem: InnerProblem, state: ForwardState, meta, needs,
         adjoints.add(hvps)
 
 
-def _overlapped(items, consume) -> None:
+def overlapped(items, consume) -> None:
     """consume(item) for every item of the iterator `items`, on a second thread, so that
     producing item k+1 overlaps consuming item k. The handoff is a rendezvous: the producer
     waits until the worker has taken item k before it starts item k+2, so at most two items
@@ -450,7 +455,11 @@ def may_overlap(problem: InnerProblem) -> bool:
             and not problem.compiled)
 
 
-def overlaps(problem: InnerProblem, state: ForwardState) -> bool:
+class _CountedFirstStep(Protocol):
+    step_flops: int | None
+
+
+def overlaps(problem: InnerProblem, state: _CountedFirstStep) -> bool:
     """Whether the reverse pass runs its two halves on two threads: where it may, and when
     step 1's loss and gradient took fewer than OVERLAP_MAX_STEP_FLOPS."""
     return (may_overlap(problem) and state.step_flops is not None
@@ -489,7 +498,7 @@ class _CoresSplit:
                     torch.set_num_threads(self._before)
 
 
-_cores_split_between_two_threads = _CoresSplit()
+cores_split_between_two_threads = _CoresSplit()
 
 
 def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor, meta,
@@ -505,13 +514,13 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
         if problem.compiled:
             _compiled_reverse(problem, state, meta, list(meta_needs_grad), report, adjoints)
         elif overlaps(problem, state):
-            with _cores_split_between_two_threads():
-                _overlapped(_primal_steps(problem, state, meta, report), adjoints.step)
+            with cores_split_between_two_threads():
+                overlapped(_primal_steps(problem, state, meta, report), adjoints.step)
         else:
             for graph in _primal_steps(problem, state, meta, report):
                 adjoints.step(graph)
     return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
-                         adjoints.finish(), report)
+                         adjoints.finish(), report, touched=adjoints.touched)
 
 
 def per_meta(needs, values) -> list:

@@ -11,6 +11,7 @@ differentiates. Its gradients land in the parameters' `.grad`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,12 @@ class MetaArguments:
     items: tuple
     tensors: tuple[torch.Tensor, ...]
     modules: tuple[_ModuleSpan, ...]
+
+    @property
+    def module_names(self) -> dict[int, str]:
+        """flat index -> "meta[i].name" for the modules' parameters."""
+        return {span.start + k: f"meta[{span.index}].{name}"
+                for span in self.modules for k, name in enumerate(span.names)}
 
     def wrap(self, loss_fn):
         """loss_fn(f, t, *items) as a function of the flat tensors."""
@@ -87,6 +94,19 @@ class MetaArguments:
             count = 1 if span is None else len(span.names)
             yield span, flat[position:position + count]
             position += count
+
+
+def warn_untouched(module_meta: dict, needs, touched) -> None:
+    """Warn, naming them, about parameters of meta modules that no step's inner loss used
+    (their meta-gradient is then zero through the inner loop)."""
+    if touched is None:
+        return
+    wanted = [i for i, need in enumerate(needs) if need]
+    unused = [module_meta[i] for i, used in zip(wanted, touched) if not used and i in module_meta]
+    if unused:
+        warnings.warn(f"the inner loss never used {', '.join(unused)}: their gradient through "
+                      f"the inner loop is zero (pass only the parameters it reads, or "
+                      f"requires_grad_(False) the others)", stacklevel=3)
 
 
 def expand(meta, layout: FlatLayout) -> MetaArguments:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..ops.hyper import SGDHyper
 from . import rng
@@ -24,9 +25,13 @@ from .inner import (
     DriftReport,
     InnerProblem,
     ReverseResult,
+    cores_split_between_two_threads,
     first_non_finite,
     forward_gradient,
     graph_gradient,
+    may_overlap,
+    overlapped,
+    overlaps,
     per_meta,
     starting_buffer,
 )
@@ -40,6 +45,7 @@ class SGDForwardState:
     anchors: dict[int, tuple[torch.Tensor, torch.Tensor | None]]  # step -> exact (w, b)
     rng_states: list
     inner_losses: torch.Tensor
+    step_flops: int | None = None  # of step 1's loss and gradient, when counted (`overlaps`)
 
 
 def _has_momentum(problem: InnerProblem) -> bool:
@@ -64,16 +70,18 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> SGDForwardStat
     rng_states = []
     losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
     finite_grads = torch.empty(problem.steps, dtype=torch.bool, device=device)
+    counter = FlopCounterMode(display=False) if may_overlap(problem) else None
     for t in range(1, problem.steps + 1):
         rng_states.append(rng.capture(device))
-        g, loss = forward_gradient(problem, w, t, meta)
+        g, loss = forward_gradient(problem, w, t, meta, counter)
         losses[t - 1] = loss.detach()
         finite_grads[t - 1] = g.isfinite().all()
         problem.kernels.sgd_step(w, g.contiguous(), b, problem.optimizer_step(t), problem.hyper)
         if t < problem.steps and t % problem.anchor_every == 0:
             anchors[t] = (w.clone(), _clone(b))
     first_non_finite(losses, finite_grads)
-    return SGDForwardState(w0.detach(), w, b, anchors, rng_states, losses)
+    return SGDForwardState(w0.detach(), w, b, anchors, rng_states, losses,
+                           counter.get_total_flops() if counter else None)
 
 
 def _replay(problem: InnerProblem, state: SGDForwardState, meta, start: int, end: int) -> list:
@@ -99,6 +107,7 @@ class _Adjoints:
         device = w_bar.device
         self.problem, self.wanted = problem, wanted
         self.meta_bar = [torch.zeros_like(x) for x in wanted]
+        self.touched = [False] * len(wanted)
         self.w_bar = w_bar.detach().clone()
         self.b_bar = torch.zeros_like(self.w_bar) if _has_momentum(problem) else None
         self.g_bar = torch.empty_like(self.w_bar)
@@ -106,9 +115,10 @@ class _Adjoints:
         self.momentum_grad = torch.zeros((), dtype=torch.float64, device=device)
         self.hvp: torch.Tensor | None = None
 
-    def step(self, t: int, leaf: torch.Tensor, g: torch.Tensor, b_prev) -> None:
-        """Reverse step t from the state before it (leaf = w_{t-1}, b_prev = b_{t-1}) and g_t
-        recomputed at it with its graph."""
+    def step(self, graph: tuple) -> None:
+        """Reverse step t from graph = (t, leaf = w_{t-1}, g_t recomputed at it with its graph,
+        b_{t-1}), one item of the primal half (`_replayed` or `_inverted`)."""
+        t, leaf, g, b_prev = graph
         lr_term, momentum_term = self.problem.kernels.sgd_reverse(
             leaf.detach(), g.detach().contiguous(), b_prev, self.w_bar, self.b_bar, self.g_bar,
             self.hvp, self.problem.optimizer_step(t), self.problem.hyper)
@@ -118,9 +128,10 @@ class _Adjoints:
                                        allow_unused=True)
         self.hvp = (products[0].contiguous() if products[0] is not None
                     else torch.zeros_like(self.w_bar))
-        for acc, term in zip(self.meta_bar, products[1:]):
+        for i, term in enumerate(products[1:]):
             if term is not None:
-                acc += term
+                self.meta_bar[i] += term
+                self.touched[i] = True
 
     def finish(self) -> torch.Tensor:
         """dF/dw0."""
@@ -134,7 +145,8 @@ def inverts(problem: InnerProblem) -> bool:
     return isinstance(h, SGDHyper) and h.has_momentum and not h.nesterov
 
 
-def _replayed(problem: InnerProblem, state: SGDForwardState, meta, constants, adjoints):
+def _replayed(problem: InnerProblem, state: SGDForwardState, meta, constants):
+    """The primal half by replay: (t, w_{t-1}, g_t with its graph, b_{t-1}) for t = T..1."""
     end = problem.steps
     for start in sorted(state.anchors, reverse=True):
         states = _replay(problem, state, constants, start, end)
@@ -142,12 +154,11 @@ def _replayed(problem: InnerProblem, state: SGDForwardState, meta, constants, ad
             w_prev, b_prev = states.pop()
             rng.restore(state.rng_states[t - 1], problem.layout.device)
             leaf = w_prev.requires_grad_()
-            adjoints.step(t, leaf, graph_gradient(problem, leaf, t, meta), b_prev)
+            yield t, leaf, graph_gradient(problem, leaf, t, meta), b_prev
         end = start
 
 
-def _inverted(problem: InnerProblem, state: SGDForwardState, meta, adjoints,
-              report: DriftReport) -> None:
+def _inverted(problem: InnerProblem, state: SGDForwardState, meta, report: DriftReport):
     """Heavy-ball steps undone one by one: w_{t-1} = w_t + lr b_t, then g_t at w_{t-1},
     b_{t-1} = (b_t - (1 - dampening)(g_t + wd w_{t-1})) / momentum; re-anchored on the exact
     states like Adam's reverse pass (the division by momentum amplifies rounding)."""
@@ -175,7 +186,7 @@ def _inverted(problem: InnerProblem, state: SGDForwardState, meta, adjoints,
             if t > 1:
                 report.anchors[t - 1]["b"] = _relative(b, exact[1])
             b.copy_(exact[1])
-        adjoints.step(t, leaf, g, b)
+        yield t, leaf, g, b.clone()  # its own copy: b moves on to b_{t-2}
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -191,10 +202,14 @@ def run_reverse(problem: InnerProblem, state: SGDForwardState, w_bar: torch.Tens
     meta = [x.detach().requires_grad_(need) for x, need in zip(meta, meta_needs_grad)]
     adjoints = _Adjoints(problem, w_bar, [x for x in meta if x.requires_grad])
     report = DriftReport(w0=0.0)
+    graphs = (_inverted(problem, state, meta, report) if inverts(problem)
+              else _replayed(problem, state, meta, constants))
     with rng.preserved(device):
-        if inverts(problem):
-            _inverted(problem, state, meta, adjoints, report)
+        if overlaps(problem, state):  # small steps on 2+ threads, as Adam's (engine/inner.py)
+            with cores_split_between_two_threads():
+                overlapped(graphs, adjoints.step)
         else:
-            _replayed(problem, state, meta, constants, adjoints)
+            for graph in graphs:
+                adjoints.step(graph)
     return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
-                         adjoints.finish(), report, adjoints.momentum_grad)
+                         adjoints.finish(), report, adjoints.momentum_grad, adjoints.touched)
