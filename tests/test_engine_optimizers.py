@@ -259,3 +259,26 @@ def test_keywords_beside_the_optimizer_and_compiling_sgd_are_refused():
         unroll(model, loss, 2, optimizer=sgd, lr=0.5)
     with pytest.raises(ValueError, match="compile=True runs Adam and AdamW inner loops only"):
         unroll(model, loss, 2, optimizer=sgd, compile=True)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd-heavy-ball", "sgd-nesterov-l2"])
+def test_one_learned_lr_per_step(kind):
+    """lr as a tensor of T values (dataset distillation's learned step sizes): each step runs
+    with its own, and the gradient has one value per step, equal to unrolled autograd's."""
+    model = mlp()
+    loss_fn, outer_fn, meta = regression_problem()
+    steps = 12
+    lrs = torch.linspace(0.01, 0.05, steps, dtype=torch.float64).requires_grad_()
+    given = {} if kind == "adam" else dict(optimizer=optimizers(model)[kind])
+    trained = unroll(model, loss_fn, steps, meta=meta, lr=lrs, **given)
+    outer_fn(lambda *a: torch.func.functional_call(model, dict(trained), a)).backward()
+    want = unrolled_meta_gradient(model, loss_fn, outer_fn, steps, meta=meta, lr=lrs, **given)
+    assert lrs.grad.shape == (steps,) and rel(lrs.grad, want.lr_grad) < 1e-10
+    assert rel(meta[0].grad, want.meta_grads[0]) < 1e-10
+    got = meta_gradient(model, loss_fn, outer_fn, steps, meta=meta, lr=lrs.detach(), **given)
+    assert rel(got.lr_grad, want.lr_grad) < 1e-10
+    one = unrolled_meta_gradient(model, loss_fn, outer_fn, steps, meta=meta,
+                                 lr=torch.tensor(0.03, dtype=torch.float64), **given)
+    assert rel(one.meta_grads[0], want.meta_grads[0]) > 1e-3  # the schedule mattered
+    with pytest.raises(ValueError, match="lr has 5 values, one per step, but steps=12"):
+        unroll(model, loss_fn, steps, meta=meta, lr=lrs.detach()[:5], **given)

@@ -17,7 +17,7 @@ from . import inner, sgd
 from .flat import FlatLayout, FunctionalModel
 from .inner import DriftReport, InnerProblem, per_meta
 from .meta import MetaArguments, expand, warn_untouched
-from .optimizers import InnerOptimizer, from_keywords, from_optimizer
+from .optimizers import InnerOptimizer, from_keywords, from_optimizer, per_step_hypers
 
 # Anchors: exact (w, m, v) states the reverse pass re-synchronises on, 3 P values each.
 # Two effects need them (docs/design.md, "Anchors"):
@@ -97,7 +97,8 @@ def _problem(model, loss_fn, steps, optimizer, lr, betas, eps, weight_decay, anc
                          "coupled weight_decay run eager (compile=False)")
     problem = InnerProblem(FunctionalModel(model, layout), loss_fn, steps, chosen.hyper,
                            anchor_every, anchor_head, kernels, compile, chosen.coupled_l2,
-                           chosen.steps_taken, chosen.start)
+                           chosen.steps_taken, chosen.start,
+                           per_step=per_step_hypers(chosen, steps))
     return problem, chosen
 
 
@@ -197,7 +198,8 @@ def unroll(model, loss_fn, steps, *, meta=(), lr=1e-3, betas=(0.9, 0.999), eps=1
             `loss_fn` runs they are swapped for the engine's copies, so a loss that calls the
             module (any method, e.g. `distilled_data.get_batch(t)`) or closes over it is
             differentiated (engine/meta.py).
-        lr: float, or a 0-d tensor (requiring grad for dF/dlr).
+        lr: float, or a 0-d tensor (requiring grad for dF/dlr), or a tensor of `steps`
+            values, one lr per step (its gradient then has one value per step).
         betas, eps, weight_decay: torch.optim.Adam's (AdamW's decoupled decay when > 0),
             when no `optimizer` is given.
         init: the starting parameters, name -> tensor (default: the model's, detached).

@@ -57,6 +57,16 @@ class InnerProblem:
     start: dict = field(default_factory=dict)
     # flat meta index -> "meta[i].name" for the parameters of modules given in meta=
     module_meta: dict = field(default_factory=dict)
+    # one hyperparameter set per step when the lr is one per step (a tensor of T values)
+    per_step: tuple = ()
+
+    def hyper_at(self, t: int):
+        """Step t's hyperparameters: `hyper`, with step t's lr where there is one per step."""
+        return self.per_step[t - 1] if self.per_step else self.hyper
+
+    def lr_grad_of(self, per_step_terms: torch.Tensor) -> torch.Tensor:
+        """dF/dlr from each step's term: one per step, or their sum for one lr."""
+        return per_step_terms if self.per_step else per_step_terms.sum()
 
     def optimizer_step(self, t: int) -> int:
         """The optimizer's own step number of inner step t (bias corrections, SGD's first
@@ -209,14 +219,14 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
     anchors, rng_states = {}, []
     losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
     finite_grads = torch.empty(problem.steps, dtype=torch.bool, device=device)
-    h = problem.hyper
     counter = FlopCounterMode(display=False) if may_overlap(problem) else None
     for t in range(1, problem.steps + 1):
         rng_states.append(rng.capture(device))
         g, loss = forward_gradient(problem, w, t, meta, counter)
         losses[t - 1] = loss.detach()
         finite_grads[t - 1] = g.isfinite().all()  # no sync: checked once, after the loop
-        problem.kernels.adam_step(w, g.contiguous(), m, v, problem.optimizer_step(t), h)
+        problem.kernels.adam_step(w, g.contiguous(), m, v, problem.optimizer_step(t),
+                                  problem.hyper_at(t))
         if problem.is_anchor(t):
             anchors[t] = (w.clone(), m.clone(), v.clone())
     first_non_finite(losses, finite_grads)
@@ -250,7 +260,7 @@ def _refuse_closed_over(loss: torch.Tensor, params: torch.Tensor) -> None:
 @dataclass
 class ReverseResult:
     meta_grads: list  # per meta tensor: gradient or None (when it does not require grad)
-    lr_grad: torch.Tensor  # float64 0-d
+    lr_grad: torch.Tensor  # float64, 0-d (one lr) or one per step
     w0_grad: torch.Tensor
     report: DriftReport
     momentum_grad: torch.Tensor | None = None  # dF/dmomentum, for SGD with momentum
@@ -290,7 +300,7 @@ def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftRep
                     nothing: list, t: int):
     """Reconstruct w_{t-1} in state.w, re-anchored on the exact state after step t-1 where
     there is one; (copies of (w_t, m_t, v_t) for the adjoints, that exact state or None)."""
-    h, kernels = problem.hyper, problem.kernels
+    h, kernels = problem.hyper_at(t), problem.kernels
     w, m, v = state.w, state.m, state.v
     saved = (w.clone(), m.clone(), v.clone())
     kernels.adam_reverse_params(w, m, v, *nothing[:3], None, problem.optimizer_step(t), h)
@@ -343,7 +353,8 @@ class _Adjoints:
         self.problem, self.wanted = problem, wanted
         self.w_bar = w_bar.detach().clone()
         self.m_bar, self.v_bar, self.g_bar = (torch.zeros_like(self.w_bar) for _ in range(3))
-        self.lr_grad = torch.zeros((), dtype=torch.float64, device=self.w_bar.device)
+        self.lr_terms = torch.zeros(problem.steps, dtype=torch.float64,
+                                    device=self.w_bar.device)
         self.meta_bar = [torch.zeros_like(x) for x in wanted]
         self.touched = [False] * len(wanted)
         self.hvp: torch.Tensor | None = None
@@ -361,9 +372,9 @@ class _Adjoints:
     def params(self, state: tuple, t: int) -> None:
         """The adjoints through step t's parameter update, from copies of (w_t, m_t, v_t)
         (overwritten) and the previous step's Hessian-vector product."""
-        self.lr_grad += self.problem.kernels.adam_reverse_params(
+        self.lr_terms[t - 1] = self.problem.kernels.adam_reverse_params(
             *state, self.w_bar, self.m_bar, self.v_bar, self.hvp,
-            self.problem.optimizer_step(t), self.problem.hyper)
+            self.problem.optimizer_step(t), self.problem.hyper_at(t))
 
     def add(self, hvps) -> None:
         """Take step t's (H g_bar, then the mixed term of each wanted meta tensor)."""
@@ -519,7 +530,8 @@ def run_reverse(problem: InnerProblem, state: ForwardState, w_bar: torch.Tensor,
         else:
             for graph in _primal_steps(problem, state, meta, report):
                 adjoints.step(graph)
-    return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
+    return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar),
+                         problem.lr_grad_of(adjoints.lr_terms),
                          adjoints.finish(), report, touched=adjoints.touched)
 
 

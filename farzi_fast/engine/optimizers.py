@@ -153,12 +153,30 @@ def _read_state(optimizer, names: dict, layout: FlatLayout, inner: InnerOptimize
                    for key, name in wanted.items()}
 
 
+def per_step_hypers(inner: InnerOptimizer, steps: int) -> tuple:
+    """One validated hyperparameter set per step when the lr is a tensor of `steps` values (a
+    learned lr per step), else ()."""
+    lr = inner.lr
+    if not isinstance(lr, torch.Tensor) or lr.dim() == 0:
+        return ()
+    if len(lr) != steps:
+        raise ValueError(f"lr has {len(lr)} values, one per step, but steps={steps}")
+    h = inner.hyper
+    if isinstance(h, SGDHyper):
+        return tuple(SGDHyper.checked(v, h.momentum, h.dampening, h.weight_decay, h.nesterov)
+                     for v in lr.detach().tolist())
+    return tuple(AdamHyper.checked(v, h.beta1, h.beta2, h.eps, h.weight_decay, reversible=True)
+                 for v in lr.detach().tolist())
+
+
 def _lr_value(lr) -> float:
+    """The lr's value (the first step's, for one lr per step; per_step_hypers checks them)."""
     if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1 or not lr.is_floating_point():
-            raise ValueError(f"lr must be a float or a floating-point scalar tensor, got a "
-                             f"{lr.dtype} tensor of shape {tuple(lr.shape)}")
-        return lr.detach().item()
+        if lr.dim() > 1 or lr.numel() == 0 or not lr.is_floating_point():
+            raise ValueError(f"lr must be a float, a floating-point scalar tensor or a 1-d "
+                             f"tensor of one lr per step, got a {lr.dtype} tensor of shape "
+                             f"{tuple(lr.shape)}")
+        return lr.detach().reshape(-1)[0].item()
     return lr
 
 

@@ -76,7 +76,8 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> SGDForwardStat
         g, loss = forward_gradient(problem, w, t, meta, counter)
         losses[t - 1] = loss.detach()
         finite_grads[t - 1] = g.isfinite().all()
-        problem.kernels.sgd_step(w, g.contiguous(), b, problem.optimizer_step(t), problem.hyper)
+        problem.kernels.sgd_step(w, g.contiguous(), b, problem.optimizer_step(t),
+                                 problem.hyper_at(t))
         if t < problem.steps and t % problem.anchor_every == 0:
             anchors[t] = (w.clone(), _clone(b))
     first_non_finite(losses, finite_grads)
@@ -96,7 +97,7 @@ def _replay(problem: InnerProblem, state: SGDForwardState, meta, start: int, end
             rng.restore(state.rng_states[t - 1], problem.layout.device)
             g, _ = forward_gradient(problem, w, t, meta)
             problem.kernels.sgd_step(w, g.contiguous(), b, problem.optimizer_step(t),
-                                     problem.hyper)
+                                     problem.hyper_at(t))
     return states
 
 
@@ -111,7 +112,7 @@ class _Adjoints:
         self.w_bar = w_bar.detach().clone()
         self.b_bar = torch.zeros_like(self.w_bar) if _has_momentum(problem) else None
         self.g_bar = torch.empty_like(self.w_bar)
-        self.lr_grad = torch.zeros((), dtype=torch.float64, device=device)
+        self.lr_terms = torch.zeros(problem.steps, dtype=torch.float64, device=device)
         self.momentum_grad = torch.zeros((), dtype=torch.float64, device=device)
         self.hvp: torch.Tensor | None = None
 
@@ -121,8 +122,8 @@ class _Adjoints:
         t, leaf, g, b_prev = graph
         lr_term, momentum_term = self.problem.kernels.sgd_reverse(
             leaf.detach(), g.detach().contiguous(), b_prev, self.w_bar, self.b_bar, self.g_bar,
-            self.hvp, self.problem.optimizer_step(t), self.problem.hyper)
-        self.lr_grad += lr_term
+            self.hvp, self.problem.optimizer_step(t), self.problem.hyper_at(t))
+        self.lr_terms[t - 1] = lr_term
         self.momentum_grad += momentum_term
         products = torch.autograd.grad(g, [leaf, *self.wanted], grad_outputs=self.g_bar,
                                        allow_unused=True)
@@ -167,7 +168,7 @@ def _inverted(problem: InnerProblem, state: SGDForwardState, meta, report: Drift
     w, b = state.w, state.b
     assert b is not None
     for t in range(problem.steps, 0, -1):
-        w.add_(b, alpha=h.lr)
+        w.add_(b, alpha=problem.hyper_at(t).lr)
         exact = state.anchors.pop(t - 1, None)
         if exact is not None:
             drift = _relative(w, exact[0])
@@ -211,5 +212,6 @@ def run_reverse(problem: InnerProblem, state: SGDForwardState, w_bar: torch.Tens
         else:
             for graph in graphs:
                 adjoints.step(graph)
-    return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar), adjoints.lr_grad,
+    return ReverseResult(per_meta(meta_needs_grad, adjoints.meta_bar),
+                         problem.lr_grad_of(adjoints.lr_terms),
                          adjoints.finish(), report, adjoints.momentum_grad, adjoints.touched)

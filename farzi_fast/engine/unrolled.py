@@ -34,7 +34,8 @@ def unrolled_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3,
     meta, loss_fn = spec.tensors, spec.wrap(loss_fn)
     chosen = _inner_optimizer(model, layout, optimizer, lr, betas, eps, weight_decay)
     h = chosen.hyper
-    lr_t = torch.as_tensor(h.lr, dtype=torch.float64).requires_grad_()
+    lr_t = (torch.as_tensor(h.lr, dtype=torch.float64) if not isinstance(chosen.lr, torch.Tensor)
+            else chosen.lr.detach().double().clone()).requires_grad_()
     momentum_t = torch.as_tensor(getattr(h, "momentum", 0.0),
                                  dtype=torch.float64).requires_grad_()
     lr_w, momentum_w = lr_t.to(layout.dtype), momentum_t.to(layout.dtype)
@@ -48,10 +49,11 @@ def unrolled_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3,
             losses.append(loss.detach())
             (g,) = torch.autograd.grad(loss, w, create_graph=True)
             step = chosen.steps_taken + t
+            lr_step = lr_w[t - 1] if lr_w.dim() else lr_w
             if isinstance(h, SGDHyper):
-                w = _sgd_update(w, g, state, step, h, lr_w, momentum_w)
+                w = _sgd_update(w, g, state, step, h, lr_step, momentum_w)
             else:
-                w = _adam_update(w, g + chosen.coupled_l2 * w, state, step, h, lr_w)
+                w = _adam_update(w, g + chosen.coupled_l2 * w, state, step, h, lr_step)
         value = outer_fn(functional.bind(w))
         wanted = [x for x in meta if x.requires_grad]
         grads = torch.autograd.grad(value, [lr_t, momentum_t, w0, *wanted], allow_unused=True)
