@@ -20,7 +20,6 @@ from farzi_fast.engine import (
     meta_gradient,
     unroll,
     unrolled_meta_gradient,
-    unrolled_sgd,
 )
 
 from .models import language_problem, mlp, regression_problem, tiny_transformer
@@ -189,33 +188,6 @@ def test_meta_without_grad_and_outer_terms_that_use_meta_directly():
     want = unrolled_meta_gradient(model, inner, outer, 10, **opts)
     assert got.meta_grads[1] is None
     assert_same_gradients(got, want, 1e-9)
-
-
-def test_unrolled_sgd_matches_finite_differences():
-    """The SGD inner loop of the ablation: w <- w - lr g, differentiable in the meta data."""
-    model = mlp(sizes=(2, 3, 1))
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    y, xv = torch.randn(4, 1, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g,
-                                                                            dtype=torch.float64)
-    loss_fn = lambda f, t, x: ((f(x) - y) ** 2).mean()  # noqa: E731
-
-    def objective(x_):
-        w = unrolled_sgd(model, loss_fn, 3, meta=(x_,), lr=0.3)
-        return torch.func.functional_call(model, w, (xv,)).sum()
-
-    (got,) = torch.autograd.grad(objective(x), x)
-    h, numeric = 1e-6, torch.zeros_like(x)
-    for i in range(x.numel()):
-        e = torch.zeros_like(x).view(-1)
-        e[i] = h
-        numeric.view(-1)[i] = (objective(x + e.view_as(x)) - objective(x - e.view_as(x))) / (2 * h)
-    assert rel(got, numeric) < 1e-6
-    w1 = unrolled_sgd(model, loss_fn, 1, meta=(x.detach(),), lr=0.3)  # one step by hand
-    params = dict(model.named_parameters())
-    grads = torch.autograd.grad(loss_fn(model, 1, x.detach()), list(params.values()))
-    for (name, p), grad in zip(params.items(), grads):
-        assert torch.allclose(w1[name], p - 0.3 * grad)
 
 
 def test_finite_differences_on_a_tiny_problem():

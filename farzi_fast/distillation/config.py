@@ -18,8 +18,8 @@ from .._checks import require_int, require_positive
 
 CONFIG_VERSION = 2
 INITS = ("teacher", "random")
-# "sgd": plain SGD inner loops unrolled by autograd (memory grows with inner_steps), the
-# paper's ablation; "adam" goes through the engine.
+# "sgd": plain SGD inner loops, the paper's ablation; "adam": Adam. Both go through the
+# engine.
 INNER_OPTIMIZERS = ("adam", "sgd")
 
 

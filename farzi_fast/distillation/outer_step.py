@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..engine import NonFiniteError, unroll, unrolled_sgd
+from ..engine import NonFiniteError, unroll
 from ..models import SequenceStudent
 from ..training.train import SoftBatch, hard_loss, soft_batch_loss, split_soft
 from .config import DistillConfig, RunOptions
@@ -113,8 +113,10 @@ def inner_loop(student: nn.Module, farzi: FarziData, config: DistillConfig, run:
         torch.manual_seed(loop_seed(config.seed, step, loop))
         try:
             if config.inner_optimizer == "sgd":
-                trained = unrolled_sgd(student, inner_loss, config.inner_steps,
-                                       meta=meta, lr=config.inner_lr, init=init)
+                sgd = torch.optim.SGD([p for p in student.parameters() if p.requires_grad],
+                                      lr=config.inner_lr)
+                trained = unroll(student, inner_loss, config.inner_steps, meta=meta,
+                                 init=init, anchor_every=run.anchor_every, optimizer=sgd)
             else:
                 trained = unroll(student, inner_loss, config.inner_steps, meta=meta,
                                  lr=config.inner_lr, eps=config.inner_eps, init=init,

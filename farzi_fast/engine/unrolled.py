@@ -1,8 +1,6 @@
 """The baseline the engine replaces: unrolled autograd through T differentiable optimizer steps
 (`create_graph=True`), which keeps every step's state and activations alive. Used by the tests
-as the exact reference (in float64) and by the benchmarks as the memory/time baseline. Also
-plain SGD as trained parameters (`unrolled_sgd`), which the distillation's SGD ablation
-differentiates by autograd."""
+as the exact reference (in float64) and by the benchmarks as the memory/time baseline."""
 
 from __future__ import annotations
 
@@ -87,22 +85,3 @@ def _sgd_update(w, g, state: dict, step: int, h: SGDHyper, lr, momentum):
         state["b"] = b
         g = g + momentum * b if h.nesterov else b
     return w - lr * g
-
-
-def unrolled_sgd(model, loss_fn, steps, *, meta=(), lr=1e-2, init=None) -> dict:
-    """`steps` plain SGD steps (w <- w - lr g) from `init` (default: the model's parameters),
-    by unrolled autograd: the trained parameters, name -> tensor, differentiable with respect
-    to the meta tensors. Memory grows with `steps` (every step's graph is kept)."""
-    layout = FlatLayout.of(model)
-    functional = FunctionalModel(model, layout)
-    spec = expand(meta, layout)
-    meta, loss_fn = spec.tensors, spec.wrap(loss_fn)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
-    with torch.enable_grad():
-        w = _initial(layout, model, init).detach().requires_grad_()
-        for t in range(1, steps + 1):
-            (g,) = torch.autograd.grad(loss_fn(functional.bind(w), t, *meta), w,
-                                       create_graph=True)
-            w = w - lr * g
-    return layout.views(w)
