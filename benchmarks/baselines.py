@@ -1,6 +1,7 @@
-"""TorchOpt's differentiable Adam (MetaAdam), the library a user with memory to spare would
-pick, as a second baseline beside unrolled autograd. Optional: absent when torchopt is not
-installed (`pip install torchopt`; not a dependency of the package)."""
+"""The libraries a user with memory to spare would pick, as baselines beside unrolled
+autograd: TorchOpt's differentiable Adam (MetaAdam) and `higher`'s differentiable copies of
+the user's SGD or Adam. Optional: absent when not installed (`pip install torchopt higher`;
+neither is a dependency of the package)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,30 @@ try:
     import torchopt
 except ImportError:  # the benchmarks then leave TorchOpt's rows out
     torchopt = None
+try:
+    import higher
+except ImportError:  # ...and higher's
+    higher = None
 
 TORCHOPT = "TorchOpt MetaAdam"
+HIGHER = "higher"
+
+
+def higher_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), optimizer):
+    """dF/dmeta through `steps` steps of higher's differentiable copy of `optimizer` (an SGD
+    or Adam over `model`'s parameters; higher's Adam places eps differently from torch's, so
+    its gradients differ, its cost does not) on a functional copy of `model`."""
+    wanted = [x for x in meta if x.requires_grad]
+    with torch.enable_grad(), higher.innerloop_ctx(model, optimizer,
+                                                   copy_initial_weights=True) as (net, diffopt):
+        for t in range(1, steps + 1):
+            diffopt.step(loss_fn(net, t, *meta))
+        value = outer_fn(net)
+        grads = torch.autograd.grad(value, wanted, allow_unused=True)
+    grads = iter(grads)
+    return SimpleNamespace(value=value.detach(),
+                           meta_grads=tuple(next(grads) if x.requires_grad else None
+                                            for x in meta))
 
 
 def torchopt_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3):

@@ -11,8 +11,8 @@ minute) falls on every method alike rather than on whichever ran then.
 Students: two small ones, a wide MLP, and the distillation workloads (the cpu presets' SASRec
 and PTB LM outer steps; they read the shared data from --data or FARZI_FAST_DATA; a T at
 which unrolled autograd would need more than --memory-budget-mb, default 12 GB, runs the engine
-alone, without ratios, students.unrolled_fits). TorchOpt's MetaAdam is a second baseline when
-torchopt is installed.
+alone, without ratios, students.unrolled_fits). TorchOpt's MetaAdam and `higher` are further
+baselines where installed (benchmarks/baselines.py).
 
 `--optimizer` picks the inner optimizer, given to every method as the user's own
 torch.optim instance: Adam (default), or SGD plain, with momentum 0.9, or Nesterov (no
@@ -44,7 +44,14 @@ from farzi_fast import ops
 from farzi_fast.cli.options import positive
 from farzi_fast.engine import meta_gradient, unrolled_meta_gradient
 
-from .baselines import TORCHOPT, torchopt, torchopt_meta_gradient
+from .baselines import (
+    HIGHER,
+    TORCHOPT,
+    higher,
+    higher_meta_gradient,
+    torchopt,
+    torchopt_meta_gradient,
+)
 from .report import write_report
 from .students import (
     MEMORY_BUDGET_MB,
@@ -80,6 +87,9 @@ def make_runner(problem_name: str, device: torch.device, optimizer: str = "adam"
         if method == TORCHOPT:
             return torchopt_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
                                           meta=problem.meta, lr=problem.lr)
+        if method == HIGHER:
+            return higher_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
+                                        meta=problem.meta, optimizer=users)
         # "engine[cpu]" -> backend "cpu"; "engine[cpu, compiled]" -> "cpu", compile=True
         backend, *compiled = method.removeprefix("engine[").removesuffix("]").split(", ")
         return meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
@@ -129,7 +139,9 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
         memory_budget_mb: int = MEMORY_BUDGET_MB, optimizer: str = "adam") -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
     adam = optimizer == "adam"  # TorchOpt's MetaAdam and compile=True: Adam only
-    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt and adam else [])]
+    # all three keep every step
+    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt and adam else []),
+                *([HIGHER] if higher else [])]
     engines = ["engine[torch]", f"engine[{fused}]", *([f"engine[{fused}, compiled]"] if adam
                                                       else [])]
     rows = []

@@ -27,7 +27,8 @@ def test_kernel_benchmark_quick_run_writes_reports(tmp_path):
 def test_engine_benchmark_quick_run():
     result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"])
     methods = {row["method"] for row in result["rows"]}
-    optional = {baselines.TORCHOPT} if baselines.torchopt else set()  # where installed
+    optional = ({baselines.TORCHOPT} if baselines.torchopt else set()) | (  # where installed
+        {baselines.HIGHER} if baselines.higher else set())
     assert methods == {"unrolled autograd", "engine[torch]", "engine[cpu]",
                        "engine[cpu, compiled]"} | optional
     for row in result["rows"]:
@@ -36,13 +37,14 @@ def test_engine_benchmark_quick_run():
 
 
 def test_engine_benchmark_with_the_users_sgd():
-    """--optimizer sgd-nesterov: every method differentiates the same torch.optim.SGD; no
-    compiled engine and no TorchOpt (both Adam only)."""
+    """--optimizer sgd-nesterov: every method differentiates the same torch.optim.SGD (higher
+    too, where installed); no compiled engine and no TorchOpt (both Adam only)."""
     result = bench_engine.run([3], torch.device("cpu"), rounds=1, students=["MLP"],
                               optimizer="sgd-nesterov")
     assert result["optimizer"] == "sgd-nesterov"
+    optional = {baselines.HIGHER} if baselines.higher else set()  # where installed
     assert {row["method"] for row in result["rows"]} == {"unrolled autograd", "engine[torch]",
-                                                         "engine[cpu]"}
+                                                         "engine[cpu]"} | optional
     assert all(row["seconds"] > 0 and math.isfinite(row["peak_mb"]) for row in result["rows"])
 
 
