@@ -23,6 +23,14 @@ TORCHOPT = "TorchOpt MetaAdam"
 HIGHER = "higher"
 
 
+def _result(value, meta, grads) -> SimpleNamespace:
+    """.value and .meta_grads (None where a meta tensor does not require grad)."""
+    grads = iter(grads)
+    return SimpleNamespace(value=value.detach(),
+                           meta_grads=tuple(next(grads) if x.requires_grad else None
+                                            for x in meta))
+
+
 def higher_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), optimizer):
     """dF/dmeta through `steps` steps of higher's differentiable copy of `optimizer` (an SGD
     or Adam over `model`'s parameters; higher's Adam places eps differently from torch's, so
@@ -33,11 +41,7 @@ def higher_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), optimizer)
         for t in range(1, steps + 1):
             diffopt.step(loss_fn(net, t, *meta))
         value = outer_fn(net)
-        grads = torch.autograd.grad(value, wanted, allow_unused=True)
-    grads = iter(grads)
-    return SimpleNamespace(value=value.detach(),
-                           meta_grads=tuple(next(grads) if x.requires_grad else None
-                                            for x in meta))
+        return _result(value, meta, torch.autograd.grad(value, wanted, allow_unused=True))
 
 
 def torchopt_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3):
@@ -50,8 +54,4 @@ def torchopt_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3)
         for t in range(1, steps + 1):
             optimizer.step(loss_fn(net, t, *meta))
         value = outer_fn(net)
-        grads = torch.autograd.grad(value, wanted, allow_unused=True)
-    grads = iter(grads)
-    return SimpleNamespace(value=value.detach(),
-                           meta_grads=tuple(next(grads) if x.requires_grad else None
-                                            for x in meta))
+        return _result(value, meta, torch.autograd.grad(value, wanted, allow_unused=True))

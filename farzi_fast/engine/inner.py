@@ -209,14 +209,14 @@ def first_non_finite(losses: torch.Tensor, finite_grads: torch.Tensor) -> None:
                              f"{losses[t - 1].item():.6g}, is)")
 
 
-def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
-    """T Adam steps from w0 and the optimizer's starting moments (zeros after a fresh
-    start); nothing per step but a generator state."""
+def forward_steps(problem: InnerProblem, w: torch.Tensor, meta, update) -> tuple:
+    """The forward loop every optimizer shares: for t = 1..T, g_t at w (a generator state
+    kept per step), then update(t, g_t), which moves w. Returns (generator states, the inner
+    losses, step 1's FLOPs when counted for `overlaps`); raises NonFiniteError naming the first
+    step whose loss or gradient was not finite."""
     device = problem.layout.device
-    w = w0.detach().clone()
-    m, v = starting_buffer(problem, "m", w), starting_buffer(problem, "v", w)
     meta = [x.detach() for x in meta]
-    anchors, rng_states = {}, []
+    rng_states = []
     losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
     finite_grads = torch.empty(problem.steps, dtype=torch.bool, device=device)
     counter = FlopCounterMode(display=False) if may_overlap(problem) else None
@@ -225,13 +225,25 @@ def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
         g, loss = forward_gradient(problem, w, t, meta, counter)
         losses[t - 1] = loss.detach()
         finite_grads[t - 1] = g.isfinite().all()  # no sync: checked once, after the loop
-        problem.kernels.adam_step(w, g.contiguous(), m, v, problem.optimizer_step(t),
-                                  problem.hyper_at(t))
+        update(t, g.contiguous())
+    first_non_finite(losses, finite_grads)
+    return rng_states, losses, counter.get_total_flops() if counter else None
+
+
+def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> ForwardState:
+    """T Adam steps from w0 and the optimizer's starting moments (zeros after a fresh
+    start); nothing per step but a generator state."""
+    w = w0.detach().clone()
+    m, v = starting_buffer(problem, "m", w), starting_buffer(problem, "v", w)
+    anchors = {}
+
+    def update(t: int, g: torch.Tensor) -> None:
+        problem.kernels.adam_step(w, g, m, v, problem.optimizer_step(t), problem.hyper_at(t))
         if problem.is_anchor(t):
             anchors[t] = (w.clone(), m.clone(), v.clone())
-    first_non_finite(losses, finite_grads)
-    return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses,
-                        counter.get_total_flops() if counter else None)
+
+    rng_states, losses, flops = forward_steps(problem, w, meta, update)
+    return ForwardState(w0.detach(), w, m, v, anchors, rng_states, losses, flops)
 
 
 def _refuse_closed_over(loss: torch.Tensor, params: torch.Tensor) -> None:
@@ -345,19 +357,40 @@ def _primal_step(problem: InnerProblem, state: ForwardState, meta, report: Drift
     return _StepGraph(t, saved, leaf, g)
 
 
-class _Adjoints:
-    """The adjoint half of the reverse pass: (w_bar, m_bar, v_bar), dF/dlr and dF/dmeta,
-    updated one step at a time (T first)."""
+class Adjoints:
+    """What every optimizer's adjoint half keeps: dF/dw, each step's dF/dlr term, dF/dmeta,
+    and the Hessian-vector product the next reverse step starts from."""
 
     def __init__(self, problem: InnerProblem, w_bar: torch.Tensor, wanted: list):
         self.problem, self.wanted = problem, wanted
         self.w_bar = w_bar.detach().clone()
-        self.m_bar, self.v_bar, self.g_bar = (torch.zeros_like(self.w_bar) for _ in range(3))
         self.lr_terms = torch.zeros(problem.steps, dtype=torch.float64,
                                     device=self.w_bar.device)
         self.meta_bar = [torch.zeros_like(x) for x in wanted]
-        self.touched = [False] * len(wanted)
+        self.touched = [False] * len(wanted)  # whether any step's loss used each
         self.hvp: torch.Tensor | None = None
+
+    def add(self, hvps) -> None:
+        """Take step t's (H g_bar, then the mixed term of each wanted meta tensor)."""
+        self.hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(self.w_bar)
+        for i, term in enumerate(hvps[1:]):
+            if term is not None:
+                self.meta_bar[i] += term
+                self.touched[i] = True
+
+    def finish(self) -> torch.Tensor:
+        """dF/dw0: completes step 1 (the adjoints of the optimizer's starting state are not
+        wanted: it is a constant)."""
+        return self.w_bar if self.hvp is None else self.w_bar + self.hvp
+
+
+class _Adjoints(Adjoints):
+    """Adam's adjoint half: (w_bar, m_bar, v_bar), dF/dlr and dF/dmeta, updated one step at a
+    time (T first)."""
+
+    def __init__(self, problem: InnerProblem, w_bar: torch.Tensor, wanted: list):
+        super().__init__(problem, w_bar, wanted)
+        self.m_bar, self.v_bar, self.g_bar = (torch.zeros_like(self.w_bar) for _ in range(3))
 
     def step(self, graph: _StepGraph) -> None:
         """Step graph.t from its eager graph."""
@@ -376,17 +409,6 @@ class _Adjoints:
             *state, self.w_bar, self.m_bar, self.v_bar, self.hvp,
             self.problem.optimizer_step(t), self.problem.hyper_at(t))
 
-    def add(self, hvps) -> None:
-        """Take step t's (H g_bar, then the mixed term of each wanted meta tensor)."""
-        self.hvp = hvps[0].contiguous() if hvps[0] is not None else torch.zeros_like(self.w_bar)
-        for i, term in enumerate(hvps[1:]):
-            if term is not None:
-                self.meta_bar[i] += term
-                self.touched[i] = True
-
-    def finish(self) -> torch.Tensor:
-        """dF/dw0: completes step 1 (its moment adjoints are those of m0 and v0, constants)."""
-        return self.w_bar if self.hvp is None else self.w_bar + self.hvp
 
 
 def _compiled_reverse(problem: InnerProblem, state: ForwardState, meta, needs,

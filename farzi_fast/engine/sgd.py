@@ -17,19 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..ops.hyper import SGDHyper
 from . import rng
 from .inner import (
+    Adjoints,
     DriftReport,
     InnerProblem,
     ReverseResult,
     cores_split_between_two_threads,
-    first_non_finite,
     forward_gradient,
+    forward_steps,
     graph_gradient,
-    may_overlap,
     overlapped,
     overlaps,
     per_meta,
@@ -62,27 +61,17 @@ def _clone(b: torch.Tensor | None) -> torch.Tensor | None:
 
 def run_forward(problem: InnerProblem, w0: torch.Tensor, meta) -> SGDForwardState:
     """T SGD steps from w0 and the optimizer's momentum buffer (none after a fresh start)."""
-    device = problem.layout.device
     w = w0.detach().clone()
     b = _buffer(problem, w)
-    meta = [x.detach() for x in meta]
     anchors = {0: (w.clone(), _clone(b))}
-    rng_states = []
-    losses = torch.empty(problem.steps, dtype=w.dtype, device=device)
-    finite_grads = torch.empty(problem.steps, dtype=torch.bool, device=device)
-    counter = FlopCounterMode(display=False) if may_overlap(problem) else None
-    for t in range(1, problem.steps + 1):
-        rng_states.append(rng.capture(device))
-        g, loss = forward_gradient(problem, w, t, meta, counter)
-        losses[t - 1] = loss.detach()
-        finite_grads[t - 1] = g.isfinite().all()
-        problem.kernels.sgd_step(w, g.contiguous(), b, problem.optimizer_step(t),
-                                 problem.hyper_at(t))
+
+    def update(t: int, g: torch.Tensor) -> None:
+        problem.kernels.sgd_step(w, g, b, problem.optimizer_step(t), problem.hyper_at(t))
         if t < problem.steps and t % problem.anchor_every == 0:
             anchors[t] = (w.clone(), _clone(b))
-    first_non_finite(losses, finite_grads)
-    return SGDForwardState(w0.detach(), w, b, anchors, rng_states, losses,
-                           counter.get_total_flops() if counter else None)
+
+    rng_states, losses, flops = forward_steps(problem, w, meta, update)
+    return SGDForwardState(w0.detach(), w, b, anchors, rng_states, losses, flops)
 
 
 def _replay(problem: InnerProblem, state: SGDForwardState, meta, start: int, end: int) -> list:
@@ -101,20 +90,14 @@ def _replay(problem: InnerProblem, state: SGDForwardState, meta, start: int, end
     return states
 
 
-class _Adjoints:
-    """dF/dw, dF/db, dF/dlr, dF/dmomentum and dF/dmeta, updated one reverse step at a time."""
+class _Adjoints(Adjoints):
+    """SGD's adjoint half: also dF/db and dF/dmomentum."""
 
     def __init__(self, problem: InnerProblem, w_bar: torch.Tensor, wanted: list):
-        device = w_bar.device
-        self.problem, self.wanted = problem, wanted
-        self.meta_bar = [torch.zeros_like(x) for x in wanted]
-        self.touched = [False] * len(wanted)
-        self.w_bar = w_bar.detach().clone()
+        super().__init__(problem, w_bar, wanted)
         self.b_bar = torch.zeros_like(self.w_bar) if _has_momentum(problem) else None
         self.g_bar = torch.empty_like(self.w_bar)
-        self.lr_terms = torch.zeros(problem.steps, dtype=torch.float64, device=device)
-        self.momentum_grad = torch.zeros((), dtype=torch.float64, device=device)
-        self.hvp: torch.Tensor | None = None
+        self.momentum_grad = torch.zeros((), dtype=torch.float64, device=self.w_bar.device)
 
     def step(self, graph: tuple) -> None:
         """Reverse step t from graph = (t, leaf = w_{t-1}, g_t recomputed at it with its graph,
@@ -125,18 +108,8 @@ class _Adjoints:
             self.hvp, self.problem.optimizer_step(t), self.problem.hyper_at(t))
         self.lr_terms[t - 1] = lr_term
         self.momentum_grad += momentum_term
-        products = torch.autograd.grad(g, [leaf, *self.wanted], grad_outputs=self.g_bar,
-                                       allow_unused=True)
-        self.hvp = (products[0].contiguous() if products[0] is not None
-                    else torch.zeros_like(self.w_bar))
-        for i, term in enumerate(products[1:]):
-            if term is not None:
-                self.meta_bar[i] += term
-                self.touched[i] = True
-
-    def finish(self) -> torch.Tensor:
-        """dF/dw0."""
-        return self.w_bar if self.hvp is None else self.w_bar + self.hvp
+        self.add(torch.autograd.grad(g, [leaf, *self.wanted], grad_outputs=self.g_bar,
+                                     allow_unused=True))
 
 
 def inverts(problem: InnerProblem) -> bool:
