@@ -2,8 +2,9 @@
 stand-in CUDA runtime, checked by csrc/emulation/check_kernels.cpp against a serial loop over
 adam_math.h and sgd_math.h: with cooperative fibers and with real threads, under
 AddressSanitizer + UBSan, and (the block reductions, with real threads) under ThreadSanitizer.
-Then each of eight typical kernel bugs is planted in a copy of the source, and the check that should catch it must fail.
-The same kernels also run in test_ops.py against the torch reference ("cuda-emulated-*")."""
+Then each of seven typical kernel bugs is planted in a copy of the source, and the check that
+should catch it must fail. The same kernels also run in test_ops.py and test_ops_sgd.py against
+the torch reference ("cuda-emulated-*")."""
 
 import concurrent.futures
 import os
@@ -34,7 +35,7 @@ CHECKS = {
     "tsan-block-reduction": ("tsan", ["threads", "300,2100", "1"]),
 }
 
-# Eight bugs a GPU kernel typically ships with, each with the check that catches it.
+# Seven bugs a GPU kernel typically ships with, each with the check that catches it.
 MUTATIONS = {
     "tail bound": ("if (tail < n) adam_forward(", "if (tail <= n) adam_forward(", "fibers"),
     "alignment test": ("if (a % 16 != 0) return false;", "if (a % 8 != 0) return false;",
@@ -52,8 +53,6 @@ MUTATIONS = {
                    "fibers"),
     "second sum's barrier": ("__syncthreads();  // before the second sum", "//",
                              "tsan-block-reduction"),
-    "buffer adjoint store": ("    if (c.has_momentum) store<T, VEC>(b_bar, p, BB);\n", "\n",
-                             "fibers"),
 }
 # The mutants' checks on sizes that reach every path (tails, 16-byte packs, striding).
 MUTANT_SIZES = {"fibers": ["fibers", "7,65539", "01"],
