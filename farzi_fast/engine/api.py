@@ -57,6 +57,13 @@ def _passes(problem: InnerProblem):
     return inner.run_forward, inner.run_reverse
 
 
+def _reverse(problem: InnerProblem, state, w_bar: torch.Tensor, meta, needs):
+    """The problem's reverse pass, warning about meta-module parameters no loss used."""
+    result = _passes(problem)[1](problem, state, w_bar, meta, needs)
+    warn_untouched(problem.module_meta, needs, result.touched)
+    return result
+
+
 def _inner_optimizer(model, layout: FlatLayout, optimizer, lr, betas, eps,
                      weight_decay) -> InnerOptimizer:
     if optimizer is None:
@@ -137,8 +144,7 @@ class _UnrollFunction(torch.autograd.Function):
                                "reconstructs the trajectory in place; call unroll() again")
         meta = ctx.saved_tensors
         needs = ctx.needs_input_grad[4:]
-        result = _passes(ctx.problem)[1](ctx.problem, ctx.state, w_bar, meta, needs)
-        warn_untouched(ctx.problem.module_meta, needs, result.touched)
+        result = _reverse(ctx.problem, ctx.state, w_bar, meta, needs)
         ctx.state = None
         ctx.trained.report = result.report
         lr_grad = None
@@ -256,12 +262,11 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
     """
     problem, _ = _problem(model, loss_fn, steps, optimizer, lr, betas, eps, weight_decay,
                           anchor_every, anchor_head, backend, compile)
-    run_forward, run_reverse = _passes(problem)
     layout = problem.layout
     spec = _meta_for(problem, meta)
     meta = spec.tensors
     w0 = _initial(layout, model, init).detach()
-    state = run_forward(problem, w0, meta)
+    state = _passes(problem)[0](problem, w0, meta)
     needs = [x.requires_grad for x in meta]
     with torch.enable_grad():
         w_T = state.w.detach().requires_grad_()
@@ -271,8 +276,7 @@ def meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3, betas=(0
         direct = [x for x in meta if x.requires_grad]
         grads = torch.autograd.grad(value, [w_T, *direct], allow_unused=True)
     w_bar = grads[0] if grads[0] is not None else torch.zeros_like(w_T)
-    result = run_reverse(problem, state, w_bar, meta, needs)
-    warn_untouched(problem.module_meta, needs, result.touched)
+    result = _reverse(problem, state, w_bar, meta, needs)
     direct = per_meta(needs, grads[1:])  # terms of F that use meta without training
     meta_grads = [g if d is None else g + d for g, d in zip(result.meta_grads, direct)]
     init_grads = {n: t.clone() for n, t in layout.views(result.w0_grad).items()}

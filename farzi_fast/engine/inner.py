@@ -133,7 +133,7 @@ class ForwardState:
     step_flops: int | None = None  # of step 1's loss and gradient, when counted (`overlaps`)
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+def relative_drift(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(torch.finfo(b.dtype).tiny)).item()
 
 
@@ -320,7 +320,7 @@ def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftRep
     # reconstructed: w before g_t is recomputed at it, m and v after the moments.
     exact = state.anchors.pop(t - 1, None)  # each anchor is freed once used
     if exact is not None:
-        report.anchors[t - 1] = {"w": _relative(w, exact[0])}
+        report.anchors[t - 1] = {"w": relative_drift(w, exact[0])}
         w.copy_(exact[0])
     if t == 1:
         # w0 is known exactly (kept for this report; m0 and v0 are constants whose adjoints
@@ -328,7 +328,7 @@ def _reverse_params(problem: InnerProblem, state: ForwardState, report: DriftRep
         # its update is nearly lr * sign(g), so g_bar = dF/dg is a cancellation that turns a
         # 1e-8 relative error in a reconstructed w0 into a 2e-2 error of the float32
         # meta-gradient on the SASRec workload (docs/design.md, "Anchors").
-        report.w0 = _relative(w, state.w0)
+        report.w0 = relative_drift(w, state.w0)
         w.copy_(state.w0)
     rng.restore(state.rng_states[t - 1], problem.layout.device)  # step t's own draws
     return saved, exact
@@ -341,7 +341,7 @@ def _reverse_moments(problem: InnerProblem, state: ForwardState, g: torch.Tensor
                                          nothing[2], nothing[3], problem.hyper)
     if exact is not None:
         for name, got, want in (("m", state.m, exact[1]), ("v", state.v, exact[2])):
-            report.anchors[t - 1][name] = _relative(got, want)
+            report.anchors[t - 1][name] = relative_drift(got, want)
             got.copy_(want)
 
 

@@ -32,6 +32,7 @@ from .inner import (
     overlapped,
     overlaps,
     per_meta,
+    relative_drift,
     starting_buffer,
 )
 
@@ -144,7 +145,7 @@ def _inverted(problem: InnerProblem, state: SGDForwardState, meta, report: Drift
         w.add_(b, alpha=problem.hyper_at(t).lr)
         exact = state.anchors.pop(t - 1, None)
         if exact is not None:
-            drift = _relative(w, exact[0])
+            drift = relative_drift(w, exact[0])
             if t == 1:
                 report.w0 = drift
             else:
@@ -158,13 +159,9 @@ def _inverted(problem: InnerProblem, state: SGDForwardState, meta, report: Drift
             b.sub_((1.0 - h.dampening) * g_hat).div_(h.momentum)
         if exact is not None and exact[1] is not None:
             if t > 1:
-                report.anchors[t - 1]["b"] = _relative(b, exact[1])
+                report.anchors[t - 1]["b"] = relative_drift(b, exact[1])
             b.copy_(exact[1])
         yield t, leaf, g, b.clone()  # its own copy: b moves on to b_{t-2}
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(torch.finfo(b.dtype).tiny)).item()
 
 
 def run_reverse(problem: InnerProblem, state: SGDForwardState, w_bar: torch.Tensor, meta,
