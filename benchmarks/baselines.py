@@ -1,7 +1,7 @@
 """The libraries a user with memory to spare would pick, as baselines beside unrolled
-autograd: TorchOpt's differentiable Adam (MetaAdam) and `higher`'s differentiable copies of
-the user's SGD or Adam. Optional: absent when not installed (`pip install torchopt higher`;
-neither is a dependency of the package)."""
+autograd: TorchOpt's differentiable Adam and SGD (MetaAdam, MetaSGD) and `higher`'s
+differentiable copies of the user's SGD or Adam. Optional: absent when not installed
+(`pip install torchopt higher`; neither is a dependency of the package)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ try:
 except ImportError:  # ...and higher's
     higher = None
 
-TORCHOPT = "TorchOpt MetaAdam"
+TORCHOPT = "TorchOpt"
 HIGHER = "higher"
 
 
@@ -44,14 +44,27 @@ def higher_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), optimizer)
         return _result(value, meta, torch.autograd.grad(value, wanted, allow_unused=True))
 
 
-def torchopt_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), lr=1e-3):
-    """dF/dmeta through `steps` MetaAdam steps on a copy of `model` (same contract as the
-    engine's loss_fn(f, t, *meta) / outer_fn(f)); returns .value and .meta_grads."""
+def torchopt_meta_gradient(model, loss_fn, outer_fn, steps, *, meta=(), optimizer):
+    """dF/dmeta through `steps` steps of TorchOpt's MetaAdam or MetaSGD, built with the
+    hyperparameters of `optimizer` (a torch.optim.Adam or SGD), on a copy of `model` (same
+    contract as the engine's loss_fn(f, t, *meta) / outer_fn(f)); returns .value and
+    .meta_grads."""
     net = copy.deepcopy(model)
-    optimizer = torchopt.MetaAdam(net, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = _torchopt_twin(net, optimizer)
     wanted = [x for x in meta if x.requires_grad]
     with torch.enable_grad():
         for t in range(1, steps + 1):
             optimizer.step(loss_fn(net, t, *meta))
         value = outer_fn(net)
         return _result(value, meta, torch.autograd.grad(value, wanted, allow_unused=True))
+
+
+def _torchopt_twin(net, optimizer):
+    """TorchOpt's differentiable optimizer with the same hyperparameters as `optimizer`."""
+    h = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.SGD):
+        return torchopt.MetaSGD(net, lr=h["lr"], momentum=h["momentum"],
+                                dampening=h["dampening"], nesterov=h["nesterov"],
+                                weight_decay=h["weight_decay"])
+    return torchopt.MetaAdam(net, lr=h["lr"], betas=h["betas"], eps=h["eps"],
+                             weight_decay=h["weight_decay"])

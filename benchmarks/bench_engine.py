@@ -8,15 +8,19 @@ Time: the methods take turns, one run each per round, and each reports its media
 rounds, so a slow spell of the machine (shared CPU VMs drift by tens of percent over a
 minute) falls on every method alike rather than on whichever ran then.
 
-Students: two small ones, a wide MLP, and the distillation workloads (the cpu presets' SASRec
-and PTB LM outer steps; they read the shared data from --data or FARZI_FAST_DATA; a T at
-which unrolled autograd would need more than --memory-budget-mb, default 12 GB, runs the engine
-alone, without ratios, students.unrolled_fits). TorchOpt's MetaAdam and `higher` are further
-baselines where installed (benchmarks/baselines.py).
+Students: two small ones, a wide MLP, the examples' inner loops (examples/; the digits
+ConvNet is meant for --optimizer sgd-momentum, its own; TD3's SASRec for Adam, whose coupled
+weight decay it takes), and the distillation workloads (the cpu presets' SASRec and PTB LM
+outer steps; these and TD3's read the shared data from --data or FARZI_FAST_DATA; a T at
+which unrolled autograd would need more than --memory-budget-mb, default 12 GB, runs the
+engine alone, without ratios, students.unrolled_fits). TorchOpt (MetaAdam, MetaSGD) and
+`higher` are further baselines where installed (benchmarks/baselines.py).
 
 `--optimizer` picks the inner optimizer, given to every method as the user's own
 torch.optim instance: Adam (default), or SGD plain, with momentum 0.9, or Nesterov (no
-compiled engine and no TorchOpt for SGD; its lr is the student's Adam lr).
+compiled engine for SGD; its lr is the student's Adam lr), and to TorchOpt's MetaAdam or
+MetaSGD with the same hyperparameters. Each method's meta-gradient is compared with
+unrolled autograd's (relative difference, float32 against float32).
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the allocation before the run;
 on the CPU, each point runs in a fresh process and reports its peak resident set above the
@@ -54,6 +58,7 @@ from .baselines import (
 )
 from .report import write_report
 from .students import (
+    EXAMPLES,
     MEMORY_BUDGET_MB,
     PROBLEMS,
     WORKLOADS,
@@ -67,7 +72,8 @@ from .timing import device_name, interleaved_medians, peak_resident_mb, resident
 # The two small students of the issue, and a wide MLP (width 512: 284K parameters, same batch)
 # on which the Adam math is a large share of a step: what the fused kernels can speed up is
 # that share (research/NOTES.md, "engine").
-STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512), **WORKLOADS}
+STUDENTS = {**PROBLEMS, "wide MLP": functools.partial(mlp_problem, width=512), **WORKLOADS,
+            **EXAMPLES}
 # torch.optim.SGD's options per --optimizer ("adam": torch.optim.Adam)
 OPTIMIZERS = {"adam": None, "sgd": {}, "sgd-momentum": dict(momentum=0.9),
               "sgd-nesterov": dict(momentum=0.9, nesterov=True)}
@@ -77,8 +83,10 @@ def make_runner(problem_name: str, device: torch.device, optimizer: str = "adam"
     """run(method, steps): one meta-gradient of the named problem by the named method."""
     model, problem = STUDENTS[problem_name](torch.float32, device=device)
     sgd = OPTIMIZERS[optimizer]
-    users = (torch.optim.Adam(model.parameters(), lr=problem.lr) if sgd is None
-             else torch.optim.SGD(model.parameters(), lr=problem.lr, **sgd))
+    users = (torch.optim.Adam(model.parameters(), lr=problem.lr,
+                              weight_decay=problem.weight_decay) if sgd is None
+             else torch.optim.SGD(model.parameters(), lr=problem.lr,
+                                  weight_decay=problem.weight_decay, **sgd))
 
     def run(method: str, steps: int):
         if method == "unrolled autograd":
@@ -86,7 +94,7 @@ def make_runner(problem_name: str, device: torch.device, optimizer: str = "adam"
                                           meta=problem.meta, optimizer=users)
         if method == TORCHOPT:
             return torchopt_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
-                                          meta=problem.meta, lr=problem.lr)
+                                          meta=problem.meta, optimizer=users)
         if method == HIGHER:
             return higher_meta_gradient(model, problem.loss_fn, problem.outer_fn, steps,
                                         meta=problem.meta, optimizer=users)
@@ -101,13 +109,27 @@ def make_runner(problem_name: str, device: torch.device, optimizer: str = "adam"
 
 def median_seconds_interleaved(problem_name: str, methods: list[str], steps: int,
                                device: torch.device, rounds: int = 5,
-                               optimizer: str = "adam") -> dict[str, float]:
-    """Median seconds per method over `rounds` rounds in which every method runs once."""
+                               optimizer: str = "adam") -> tuple[dict, dict]:
+    """Median seconds per method over `rounds` rounds in which every method runs once, and
+    each method's last meta-gradient."""
     run = make_runner(problem_name, device, optimizer)
     for method in methods:
         run(method, 2)  # warm-up: module loading, thread pools, the allocator's first blocks
-    return interleaved_medians({m: lambda m=m: run(m, steps) for m in methods}, device,
-                               warmup=0, repeats=rounds)
+    last = {}
+
+    def timed(method):
+        last[method] = run(method, steps)
+
+    seconds = interleaved_medians({m: functools.partial(timed, m) for m in methods}, device,
+                                  warmup=0, repeats=rounds)
+    return seconds, last
+
+
+def relative_difference(result, reference) -> float:
+    """|a - b| / |b| over every meta-gradient element, a float32 run against another."""
+    a = torch.cat([g.reshape(-1) for g in result.meta_grads if g is not None]).double()
+    b = torch.cat([g.reshape(-1) for g in reference.meta_grads if g is not None]).double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def peak_mb(problem_name: str, method: str, steps: int, device: torch.device,
@@ -138,9 +160,9 @@ def _peak_in_subprocess(problem_name: str, method: str, steps: int, optimizer: s
 def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS),
         memory_budget_mb: int = MEMORY_BUDGET_MB, optimizer: str = "adam") -> dict:
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
-    adam = optimizer == "adam"  # TorchOpt's MetaAdam and compile=True: Adam only
+    adam = optimizer == "adam"  # compile=True: Adam only
     # all three keep every step
-    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt and adam else []),
+    unrolled = ["unrolled autograd", *([TORCHOPT] if torchopt else []),
                 *([HIGHER] if higher else [])]
     engines = ["engine[torch]", f"engine[{fused}]", *([f"engine[{fused}, compiled]"] if adam
                                                       else [])]
@@ -153,8 +175,8 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
             else:  # the engine alone, without ratios: what no baseline here could run
                 print(f"{problem_name} T={steps}: {' and '.join(unrolled)} skipped (would need "
                       f"more than --memory-budget-mb {memory_budget_mb})", file=sys.stderr)
-            seconds = median_seconds_interleaved(problem_name, methods, steps, device, rounds,
-                                                 optimizer)
+            seconds, results = median_seconds_interleaved(problem_name, methods, steps,
+                                                          device, rounds, optimizer)
             peaks = {method: peak_mb(problem_name, method, steps, device, optimizer)
                      if device.type == "cuda"
                      else _peak_in_subprocess(problem_name, method, steps, optimizer)
@@ -165,7 +187,9 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
                            seconds=seconds[method], peak_mb=peaks[method])
                 if base in methods:
                     row.update(time_vs_unrolled=seconds[method] / seconds[base],
-                               memory_vs_unrolled=peaks[method] / max(peaks[base], 1e-9))
+                               memory_vs_unrolled=peaks[method] / max(peaks[base], 1e-9),
+                               grad_vs_unrolled=relative_difference(results[method],
+                                                                    results[base]))
                 rows.append(row)
             print(f"{problem_name} T={steps}: "
                   + ", ".join(f"{m} {seconds[m]:.2f}s {peaks[m]:.0f}MB" for m in methods),
@@ -176,7 +200,8 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
 
 COLUMNS = [("student", "student"), ("steps", "T"), ("method", "method"),
            ("seconds", "seconds"), ("peak_mb", "peak MB"),
-           ("time_vs_unrolled", "time / unrolled"), ("memory_vs_unrolled", "memory / unrolled")]
+           ("time_vs_unrolled", "time / unrolled"), ("memory_vs_unrolled", "memory / unrolled"),
+           ("grad_vs_unrolled", "meta-gradient rel. diff. to unrolled")]
 
 
 def main(argv=None):

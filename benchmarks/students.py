@@ -25,6 +25,7 @@ class Problem:
     outer_fn: object
     meta: tuple
     lr: float
+    weight_decay: float = 0.0  # the inner optimizer's (coupled L2 for Adam and SGD)
 
 
 def _data(generator, dtype, widen, device, *shape):
@@ -134,14 +135,79 @@ def distill_problem(dataset, dtype=torch.float32, train=False, widen=False, devi
     return model, Problem(loss_fn, outer_fn, (logits,), config["inner_lr"])
 
 
+def digits_problem(dtype=torch.float32, train=True, widen=False, device="cpu"):
+    """One outer step of examples/digits_momentum_sgd.py: its ConvNet (7K parameters) trained
+    on 100 synthetic 8x8 digits (10 a class, started from real ones), meta = the images;
+    outer = cross-entropy on 256 real training digits. The example's inner optimizer is SGD
+    with momentum 0.9 at lr 0.1 (`bench_engine --optimizer sgd-momentum`)."""
+    from examples import digits_momentum_sgd as example
+
+    data = example.digits()
+    synthetic = example.SyntheticImages(*data["train"], per_class=10)
+    model = _finish(example.convnet(0), dtype, widen, device, train)
+    wide = torch.float64 if widen else dtype
+    images = synthetic.images.detach().to(dtype).to(wide).to(device).requires_grad_()
+    labels = synthetic.labels.to(device)
+    x_real, y_real = (t[:256].to(device) for t in data["train"])
+    x_real = x_real.to(dtype).to(wide)
+
+    def loss_fn(f, t, images):
+        return nn.functional.cross_entropy(f(images), labels)
+
+    def outer_fn(f):
+        return nn.functional.cross_entropy(f(x_real), y_real)
+
+    return model, Problem(loss_fn, outer_fn, (images,), 0.1)
+
+
+def td3_problem(dtype=torch.float32, train=False, widen=False, device="cpu", data=None,
+                rank=8, rows=30, batch=15, real_rows=4096):
+    """The inner loop of TD3 (sequential-recommendation distillation; issue 51): SASRec with
+    1 layer of dim 32 over MovieLens-100K's items, trained by torch.optim.Adam(lr 5e-3,
+    weight_decay 5e-5, coupled L2) on batches of 15 of 30 soft sequences of 50 items whose
+    logits are a Tucker product (core rank^3, factors for rows, positions and items), meta =
+    the four factors; outer = the next-item loss on 4096 real training rows, as TD3's.
+    Dropout 0, so float32 and float64 runs see the same model. Step t takes rows
+    (t-1)*15 .. t*15 - 1 of the 30, cyclically."""
+    task = load_task("ml-100k", data, max_len=50)
+    torch.manual_seed(0)
+    model = _finish(task.student(dim=32, heads=1, layers=1, dropout=0.0), dtype, widen, device,
+                    train)
+    g = torch.Generator().manual_seed(1)
+    factor = lambda *shape: _data(g, dtype, widen, device, *shape).requires_grad_()  # noqa: E731
+    core, codes = factor(rank, rank, rank), factor(rows, rank)
+    positions, items = factor(51, rank), factor(model.vocab_size, rank)
+    real_data = task.train_rows()
+    real = real_data[torch.randperm(len(real_data), generator=g)[:real_rows]].to(device)
+    padding_id = model.padding_id
+
+    def loss_fn(f, t, core, codes, positions, items):
+        chosen = (torch.arange(batch, device=device) + (t - 1) * batch) % rows
+        logits = torch.einsum("abc,na,lb,vc->nlv", core, codes[chosen], positions, items)
+        return soft_loss(f, logits.softmax(-1), padding_id, by_position=True)
+
+    def outer_fn(f):
+        return hard_loss(f, real, padding_id, by_position=True)
+
+    return model, Problem(loss_fn, outer_fn, (core, codes, positions, items), 5e-3,
+                          weight_decay=5e-5)
+
+
 PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}
+# The examples' inner loops (examples/; TD3's, which reads ML-100K), each meant for its own
+# optimizer: the digits ConvNet for momentum SGD, TD3's for Adam with coupled L2.
+EXAMPLES = {"digits ConvNet": digits_problem, "TD3 SASRec (ML-100K)": td3_problem}
 # The workload the engine exists for (issue 13), kept apart: they read the shared data.
 WORKLOAD_DATASETS = {"SASRec distill (ML-100K)": "ml-100k", "LM distill (PTB)": "ptb"}
 WORKLOADS = {name: functools.partial(distill_problem, dataset)
              for name, dataset in WORKLOAD_DATASETS.items()}
+# the students that read the shared data, and which data set
+DATA_NEEDED = {**WORKLOAD_DATASETS, "TD3 SASRec (ML-100K)": "ml-100k"}
 # Unrolled autograd, the baseline, keeps every step: MB per step in float32, rounded up from
-# the CPU measurements (49 and 211 MB, results/.../engine-workloads.md); twice in float64.
-UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 230}
+# the CPU measurements (49 and 211 MB, results/.../engine-workloads.md; TD3's from higher's
+# 2.2 GB at 40 steps and 5.1 GB at 200, issue 51); twice in float64.
+UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 230,
+                        "TD3 SASRec (ML-100K)": 25}
 # Half of the 24 GB benchmark machine, so a run leaves room for whatever else it runs beside;
 # the benchmarks' --memory-budget-mb raises it for a run that has the machine to itself.
 MEMORY_BUDGET_MB = 12_000
@@ -200,6 +266,6 @@ def chosen_students(parser: argparse.ArgumentParser, args, students: dict) -> li
     unknown = [s for s in chosen if s not in students]
     if unknown:
         parser.error(f"unknown students {unknown}; choose from {list(students)}")
-    for dataset in {WORKLOAD_DATASETS[s] for s in chosen if s in WORKLOAD_DATASETS}:
+    for dataset in {DATA_NEEDED[s] for s in chosen if s in DATA_NEEDED}:
         task_or_refuse(parser, dataset)
     return chosen

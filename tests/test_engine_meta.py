@@ -87,3 +87,55 @@ def test_a_meta_module_parameter_the_loss_never_reads_is_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"never used meta\[0\]\.unused: their gradient"):
         result = meta_gradient(model, closed_over, outer_fn, 3, meta=(data,), lr=0.01)
     assert torch.equal(result.meta_grads[0]["unused"], torch.zeros(2, dtype=torch.float64))
+
+
+class TwoHeads(nn.Module):
+    """A model returning a dict, as multi-task and Hugging Face models do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.body = nn.Linear(5, 6).double()
+        self.head = nn.Linear(6, 3).double()
+        self.aux = nn.Linear(6, 1).double()
+
+    def forward(self, x):
+        h = self.body(x).tanh()
+        return {"prediction": self.head(h), "aux": self.aux(h).squeeze(-1)}
+
+
+@pytest.mark.parametrize("optimizer", ["adam-l2", "sgd-nesterov"])
+def test_dict_outputs_and_a_vmapped_per_example_loss_match_unrolled_autograd(optimizer):
+    """torch.func inside the inner loss (vmap of the model over examples, each weighted by a
+    meta tensor) and a model returning a dict: the same gradients as unrolled autograd."""
+    model, data = TwoHeads(), DistilledData()
+    weights = torch.linspace(0.5, 1.5, 4, dtype=torch.float64).requires_grad_()
+
+    def per_example(f, x, y):
+        def example(xi, yi):
+            out = f(xi)
+            return ((out["prediction"] - yi) ** 2).mean() + 0.1 * out["aux"] ** 2
+
+        return torch.func.vmap(example)(x, y)
+
+    def loss_fn(f, t, data, weights):
+        return (weights * per_example(f, *data.get_batch(t))).mean()
+
+    def loose(f, t, left, right, weights):
+        i = t % 3
+        return (weights * per_example(f, left[i] @ right, data.targets[i])).mean()
+
+    def outer(f):
+        return outer_fn(lambda x: f(x)["prediction"])
+
+    users = (torch.optim.Adam(model.parameters(), lr=0.02, weight_decay=0.1)
+             if optimizer == "adam-l2" else
+             torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True))
+    got = meta_gradient(model, loss_fn, outer, 9, meta=(data, weights), optimizer=users)
+    left = data.left.detach().clone().requires_grad_()
+    right = data.right.detach().clone().requires_grad_()
+    want = unrolled_meta_gradient(model, loose, outer, 9, meta=(left, right, weights),
+                                  optimizer=users)
+    assert rel(got.meta_grads[0]["left"], want.meta_grads[0]) < 1e-9
+    assert rel(got.meta_grads[0]["right"], want.meta_grads[1]) < 1e-9
+    assert rel(got.meta_grads[1], want.meta_grads[2]) < 1e-9

@@ -282,3 +282,21 @@ def test_one_learned_lr_per_step(kind):
     assert rel(one.meta_grads[0], want.meta_grads[0]) > 1e-3  # the schedule mattered
     with pytest.raises(ValueError, match="lr has 5 values, one per step, but steps=12"):
         unroll(model, loss_fn, steps, meta=meta, lr=lrs.detach()[:5], **given)
+
+
+def test_compiled_steps_with_coupled_l2_and_a_warm_start_match_unrolled_autograd():
+    """compile=True with torch.optim.Adam(weight_decay=) (TD3's optimizer), continued after
+    plain steps: the compiled reverse step's Hessian-vector product carries the decay's term."""
+    model = mlp()
+    loss_fn, outer_fn, meta = regression_problem()
+    adam = torch.optim.Adam(model.parameters(), lr=0.05, eps=1e-4, weight_decay=0.3)
+    for t in range(3):  # the warm-up
+        adam.zero_grad()
+        loss_fn(model, t, *(x.detach() for x in meta)).backward()
+        adam.step()
+    got = meta_gradient(model, loss_fn, outer_fn, 9, meta=meta, optimizer=adam, compile=True)
+    want = unrolled_meta_gradient(model, loss_fn, outer_fn, 9, meta=meta, optimizer=adam)
+    for a, b in zip(got.meta_grads, want.meta_grads):
+        assert rel(a, b) < 1e-9
+    eager = meta_gradient(model, loss_fn, outer_fn, 9, meta=meta, optimizer=adam)
+    assert rel(eager.meta_grads[0], want.meta_grads[0]) < 1e-9

@@ -2,7 +2,8 @@
 
 import torch
 
-from examples import windowed_adam
+import farzi_fast
+from examples import digits_momentum_sgd, reweighting_adam, windowed_adam
 from farzi_fast.engine import unrolled_meta_gradient
 
 from .test_engine import rel
@@ -22,3 +23,51 @@ def test_windowed_adam_continues_the_warm_up_and_matches_unrolled_autograd():
 def test_windowed_adam_runs_as_a_script(capsys):
     windowed_adam.main(["--steps", "20", "--window", "5"])
     assert "cosine(window 5, all 20 steps)" in capsys.readouterr().out
+
+
+def test_digits_meta_step_matches_unrolled_autograd_in_images_and_per_step_lr():
+    data = digits_momentum_sgd.digits(torch.float64)
+    real = data["train"]
+    synthetic = digits_momentum_sgd.SyntheticImages(*real, per_class=2)
+    log_lr = torch.linspace(-3, -1.5, 6, dtype=torch.float64).requires_grad_()
+    digits_momentum_sgd.meta_step(synthetic, log_lr, real, seed=3, batch=64)
+    got_images, got_lr = synthetic.images.grad.clone(), log_lr.grad.clone()
+
+    model = digits_momentum_sgd.convnet(3).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=digits_momentum_sgd.MOMENTUM)
+    rows = torch.randperm(len(real[1]), generator=torch.Generator().manual_seed(3))[:64]
+
+    def outer(f):
+        return torch.nn.functional.cross_entropy(f(real[0][rows]), real[1][rows])
+
+    lr = log_lr.detach().exp().requires_grad_()
+    want = unrolled_meta_gradient(model, digits_momentum_sgd.inner_loss, outer, 6,
+                                  meta=(synthetic,), optimizer=optimizer, lr=lr)
+    assert rel(got_images, want.meta_grads[0]["images"]) < 1e-9
+    assert rel(got_lr, want.lr_grad * lr.detach()) < 1e-9  # d/dlog lr = lr d/dlr
+    assert got_lr.abs().min() > 0  # every step's lr is learned
+
+
+def test_digits_example_runs_as_a_script(capsys):
+    digits_momentum_sgd.main(["--steps", "3", "--outer-steps", "2", "--per-class", "1"])
+    out = capsys.readouterr().out
+    for line in ("learned lr per step", "ConvNet: test accuracy", "MLP: test accuracy"):
+        assert line in out
+
+
+def test_reweighting_meta_gradient_matches_unrolled_autograd_and_finds_wrong_labels():
+    inner, outer, model, optimizer, weights, flipped = reweighting_adam.problem(
+        12, dtype=torch.float64)
+    got = farzi_fast.meta_gradient(model, inner, outer, 12, meta=(weights,),
+                                   optimizer=optimizer).meta_grads[0]
+    want = unrolled_meta_gradient(model, inner, outer, 12, meta=(weights,),
+                                  optimizer=optimizer).meta_grads[0]
+    assert rel(got, want) < 1e-9
+    seen = got != 0  # 12 batches of 100 of the 1,000 examples: every one, some twice
+    assert seen.all()
+    assert got[flipped].mean() > 0 > got[~flipped].mean()
+
+
+def test_reweighting_example_runs_as_a_script(capsys):
+    reweighting_adam.main(["--steps", "10"])
+    assert "wrong labels among the" in capsys.readouterr().out

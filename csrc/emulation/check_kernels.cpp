@@ -6,9 +6,10 @@
 // Built and run by tests/test_emulation.py, also under AddressSanitizer + UBSan and, with
 // real threads, ThreadSanitizer; applying a mutation to the kernel source must make it fail.
 //
-//   check_kernels fibers|threads [SIZES [DEVICES]]
+//   check_kernels fibers|threads [SIZES [DEVICES [first]]]
 // SIZES: comma-separated element counts (default: every boundary below, up to 65539);
-// DEVICES: emulated devices, "01" (default) = the H100 and the small GPU.
+// DEVICES: emulated devices, "01" (default) = the H100 and the small GPU;
+// first: stop at the first failing case (the planted-bug checks need only that one).
 // Exit 0 when everything matches; otherwise prints the first mismatch and exits 1.
 #include <cmath>
 #include <cstdio>
@@ -211,7 +212,7 @@ void check_sgd_case(int64_t n, int offset, bool with_hvp, int device, int varian
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode != "fibers" && mode != "threads") {
-    std::fprintf(stderr, "usage: check_kernels fibers|threads [SIZES [DEVICES]]\n");
+    std::fprintf(stderr, "usage: check_kernels fibers|threads [SIZES [DEVICES [first]]]\n");
     return 2;
   }
   farzi_fast_emu::mode =
@@ -230,6 +231,7 @@ int main(int argc, char** argv) {
     }
   }
   const std::string devices = argc > 3 ? argv[3] : "01";
+  const bool stop_at_first_failure = argc > 4 && std::string(argv[4]) == "first";
   std::mt19937_64 rng(12345);
   int cases = 0, sgd_cases = 0;
   for (char d : devices) {
@@ -252,6 +254,10 @@ int main(int argc, char** argv) {
             check_sgd_case<double>(n, offset, hvp, d - '0', variant, step, rng);
           }
           ++cases;
+        }
+        if (stop_at_first_failure && failures > 0) {
+          std::printf("%d cases, stopped at the first failure (%s)\n", cases, mode.c_str());
+          return 1;
         }
       }
     }

@@ -99,9 +99,9 @@ def _problem(model, loss_fn, steps, optimizer, lr, betas, eps, weight_decay, anc
     kernels = resolve(backend, layout.device)  # refuses an unusable backend before any work
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False, got {compile!r}")
-    if compile and (chosen.is_sgd or chosen.coupled_l2):
-        raise ValueError("compile=True runs Adam and AdamW inner loops only; SGD and Adam's "
-                         "coupled weight_decay run eager (compile=False)")
+    if compile and chosen.is_sgd:
+        raise ValueError("compile=True runs Adam and AdamW inner loops only; SGD runs eager "
+                         "(compile=False)")
     problem = InnerProblem(FunctionalModel(model, layout), loss_fn, steps, chosen.hyper,
                            anchor_every, anchor_head, kernels, compile, chosen.coupled_l2,
                            chosen.steps_taken, chosen.start,

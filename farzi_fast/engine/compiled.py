@@ -40,17 +40,19 @@ def _gradient_and_loss(functional, loss_fn, w, t, meta):
     return torch.func.grad_and_value(_loss(functional, loss_fn, t, meta))(w)
 
 
-def _reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper):
+def _reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper, coupled_l2):
     """At w = w_{t-1}, with (m_bar, v_bar) the adjoints of m_t and v_t: (g_t, then the
     vector-Jacobian products of w -> g_t(w, meta) with g_bar: H g_bar, and
-    (dg_t/dmeta[i])^T g_bar for each i where needs[i])."""
+    (dg_t/dmeta[i])^T g_bar for each i where needs[i]). g_t includes torch.optim.Adam's
+    coupled L2 (`coupled_l2` w), so H includes its `coupled_l2` I."""
     wanted = [i for i, need in enumerate(needs) if need]
 
     def gradient(w, *wanted_meta):
         full = list(meta)
         for i, x in zip(wanted, wanted_meta):
             full[i] = x
-        return torch.func.grad(_loss(functional, loss_fn, t, full))(w)
+        g = torch.func.grad(_loss(functional, loss_fn, t, full))(w)
+        return g + coupled_l2 * w if coupled_l2 else g
 
     g, pull = torch.func.vjp(gradient, w, *(meta[i] for i in wanted))
     g_bar = torch.empty_like(g)
@@ -94,6 +96,6 @@ def gradient_and_loss(functional, loss_fn, w, t, meta):
     return _compiled(functional, loss_fn, w, meta)[0](functional, loss_fn, w, t, meta)
 
 
-def reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper):
+def reverse_step(functional, loss_fn, w, t, meta, needs, m_bar, v_bar, hyper, coupled_l2):
     return _compiled(functional, loss_fn, w, meta)[1](functional, loss_fn, w, t, meta, needs,
-                                                       m_bar, v_bar, hyper)
+                                                       m_bar, v_bar, hyper, coupled_l2)

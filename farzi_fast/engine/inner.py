@@ -428,7 +428,7 @@ def _compiled_reverse(problem: InnerProblem, state: ForwardState, meta, needs,
         adjoints.params(saved, t)
         g, *hvps = compiled.reverse_step(problem.functional, problem.loss_fn, state.w, t,
                                          constants, needs, adjoints.m_bar, adjoints.v_bar,
-                                         problem.hyper)
+                                         problem.hyper, problem.coupled_l2)
         _reverse_moments(problem, state, g, exact, report, nothing, t)
         adjoints.add(hvps)
 
