@@ -39,6 +39,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -158,7 +159,9 @@ def _peak_in_subprocess(problem_name: str, method: str, steps: int, optimizer: s
 
 
 def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDENTS),
-        memory_budget_mb: int = MEMORY_BUDGET_MB, optimizer: str = "adam") -> dict:
+        memory_budget_mb: int = MEMORY_BUDGET_MB, optimizer: str = "adam",
+        only=None) -> dict:
+    """Every method (or those named in `only`) on every student and T; the report's dict."""
     fused = "cuda" if device.type == "cuda" and "cuda" in ops.available_backends() else "cpu"
     adam = optimizer == "adam"  # compile=True: Adam only
     # all three keep every step
@@ -166,6 +169,9 @@ def run(steps_list, device: torch.device, rounds: int = 5, students=tuple(STUDEN
                 *([HIGHER] if higher else [])]
     engines = ["engine[torch]", f"engine[{fused}]", *([f"engine[{fused}, compiled]"] if adam
                                                       else [])]
+    if only:
+        unrolled = [m for m in unrolled if m == "unrolled autograd" or m in only]
+        engines = [m for m in engines if m in only]
     rows = []
     for problem_name in students:
         for steps in steps_list:
@@ -213,15 +219,26 @@ def main(argv=None):
                        "the engine alone")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                         help="the inner optimizer (default: adam)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods to run besides unrolled autograd, the "
+                             "baseline (default: all; e.g. 'higher,engine[cpu]')")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # subprocess mode
     args = parser.parse_args(argv)
     if args.one:  # the parent checked the options and handed --data on in the environment
         name, method, steps, optimizer = json.loads(args.one)
         print(json.dumps(peak_mb(name, method, steps, torch.device("cpu"), optimizer)))
         return
+    only = None
+    if args.methods:  # commas inside brackets belong to a name: "engine[cpu, compiled]"
+        only = [m.strip() for m in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", args.methods)]
+        known = {"unrolled autograd", TORCHOPT, HIGHER, *(
+            f"engine[{b}{c}]" for b in ("torch", "cpu", "cuda") for c in ("", ", compiled"))}
+        if not only or set(only) - known:
+            parser.error(f"--methods must name methods among {sorted(known)}, got "
+                         f"{args.methods!r}")
     students = chosen_students(parser, args, STUDENTS)  # --data reaches the subprocesses too
     result = run(args.steps, torch.device(args.device), args.rounds, students,
-                 args.memory_budget_mb, args.optimizer)
+                 args.memory_budget_mb, args.optimizer, only)
     note = (f"{result['threads']} threads; inner optimizer {args.optimizer}; seconds: median "
             f"of {result['rounds']} rounds in which the methods take turns; float32")
     name = args.name if args.optimizer == "adam" else f"{args.name}-{args.optimizer}"

@@ -77,7 +77,7 @@ def test_engine_benchmarks_refuse_bad_options_by_name(bench, capsys):
     bad += [("--steps", value) for value in ("10,x", "0", "50,-1", "", "10,,20")]
     bad += [("--students", "MLP,no such student")]
     if bench is bench_engine:
-        bad += [("--rounds", "0")]
+        bad += [("--rounds", "0"), ("--methods", "higher,engine[gpu]"), ("--methods", ",")]
     for option, value in bad:
         with pytest.raises(SystemExit) as exit_info:
             bench.main([option, value])
