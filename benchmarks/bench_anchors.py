@@ -30,6 +30,7 @@ from .students import (
     WORKLOADS,
     add_options,
     chosen_students,
+    relative_error,
     tiny_mlp_problem,
     unrolled_fits,
 )
@@ -48,15 +49,6 @@ SCHEDULES = {
     # the same math by torch.compile'd steps (engine/compiled.py): fused, so rounded apart
     "head 8 + every 25, compile=True": dict(anchor_every=25, anchor_head=8, compile=True),
 }
-
-
-def relative_error(got, want) -> float:
-    errors = []
-    for g, w in zip(got.meta_grads, want.meta_grads):
-        g, w = g.double(), w.double()
-        errors.append(((g - w).norm() / w.norm()).item())
-    error = max(errors)
-    return error if error == error else float("inf")  # NaN -> inf
 
 
 def run(steps_list, students=tuple(STUDENTS), memory_budget_mb: int = MEMORY_BUDGET_MB) -> dict:

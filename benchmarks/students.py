@@ -28,6 +28,18 @@ class Problem:
     weight_decay: float = 0.0  # the inner optimizer's (coupled L2 for Adam and SGD)
 
 
+def relative_error(got, want) -> float:
+    """The largest |g - w| / |w| over the meta tensors both results have a gradient for
+    (NaN counts as inf)."""
+    errors = []
+    for g, w in zip(got.meta_grads, want.meta_grads):
+        if w is not None:
+            g, w = g.double(), w.double()
+            errors.append(((g - w).norm() / w.norm()).item())
+    error = max(errors)
+    return error if error == error else float("inf")  # NaN -> inf
+
+
 def _data(generator, dtype, widen, device, *shape):
     """Random data drawn on the CPU (same values on every device) in `dtype`, then widened to
     float64 exactly when asked (for float64 references of float32 runs)."""
@@ -196,18 +208,18 @@ def td3_problem(dtype=torch.float32, train=False, widen=False, device="cpu", dat
 PROBLEMS = {"MLP": mlp_problem, "causal Transformer": transformer_problem}
 # The examples' inner loops (examples/; TD3's, which reads ML-100K), each meant for its own
 # optimizer: the digits ConvNet for momentum SGD, TD3's for Adam with coupled L2.
-EXAMPLES = {"digits ConvNet": digits_problem, "TD3 SASRec (ML-100K)": td3_problem}
+TD3 = "TD3 SASRec (ML-100K)"
+EXAMPLES = {"digits ConvNet": digits_problem, TD3: td3_problem}
 # The workload the engine exists for (issue 13), kept apart: they read the shared data.
 WORKLOAD_DATASETS = {"SASRec distill (ML-100K)": "ml-100k", "LM distill (PTB)": "ptb"}
 WORKLOADS = {name: functools.partial(distill_problem, dataset)
              for name, dataset in WORKLOAD_DATASETS.items()}
 # the students that read the shared data, and which data set
-DATA_NEEDED = {**WORKLOAD_DATASETS, "TD3 SASRec (ML-100K)": "ml-100k"}
+DATA_NEEDED = {**WORKLOAD_DATASETS, TD3: "ml-100k"}
 # Unrolled autograd, the baseline, keeps every step: MB per step in float32, rounded up from
 # the CPU measurements (49 and 211 MB, results/.../engine-workloads.md; TD3's from higher's
 # 2.2 GB at 40 steps and 5.1 GB at 200, issue 51); twice in float64.
-UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 230,
-                        "TD3 SASRec (ML-100K)": 25}
+UNROLLED_MB_PER_STEP = {"SASRec distill (ML-100K)": 50, "LM distill (PTB)": 230, TD3: 25}
 # Half of the 24 GB benchmark machine, so a run leaves room for whatever else it runs beside;
 # the benchmarks' --memory-budget-mb raises it for a run that has the machine to itself.
 MEMORY_BUDGET_MB = 12_000

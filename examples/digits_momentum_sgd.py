@@ -86,17 +86,30 @@ def inner_loss(f, t, synthetic):
     return F.cross_entropy(f(x), y)
 
 
+def fresh_student(seed: int, dtype=torch.float32):
+    """Outer step `seed`'s ConvNet and the user's optimizer over it (its lr is replaced by the
+    learned ones)."""
+    model = convnet(seed).to(dtype)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=MOMENTUM)
+
+
+def outer_loss(real, seed: int, batch: int = 256):
+    """outer_loss(f): the cross-entropy of the model `f` calls on outer step `seed`'s batch
+    of `batch` real training digits."""
+    x, y = real
+    rows = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:batch]
+    return lambda f: F.cross_entropy(f(x[rows]), y[rows])
+
+
 def meta_step(synthetic: SyntheticImages, log_lr: torch.Tensor, real, seed: int,
               batch: int = 256) -> torch.Tensor:
     """The outer loss after len(log_lr) momentum-SGD steps of a fresh ConvNet on the
     synthetic images, backpropagated into `synthetic`'s images and `log_lr`."""
-    model = convnet(seed).to(synthetic.images.dtype)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=MOMENTUM)
+    model, optimizer = fresh_student(seed, synthetic.images.dtype)
     trained = farzi_fast.unroll(model, inner_loss, len(log_lr), meta=(synthetic,),
                                 optimizer=optimizer, lr=log_lr.exp())
-    x, y = real
-    rows = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:batch]
-    loss = F.cross_entropy(torch.func.functional_call(model, trained, (x[rows],)), y[rows])
+    loss = outer_loss(real, seed, batch)(
+        lambda x: torch.func.functional_call(model, trained, (x,)))
     loss.backward()
     return loss.detach()
 

@@ -33,13 +33,8 @@ def test_digits_meta_step_matches_unrolled_autograd_in_images_and_per_step_lr():
     digits_momentum_sgd.meta_step(synthetic, log_lr, real, seed=3, batch=64)
     got_images, got_lr = synthetic.images.grad.clone(), log_lr.grad.clone()
 
-    model = digits_momentum_sgd.convnet(3).double()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=digits_momentum_sgd.MOMENTUM)
-    rows = torch.randperm(len(real[1]), generator=torch.Generator().manual_seed(3))[:64]
-
-    def outer(f):
-        return torch.nn.functional.cross_entropy(f(real[0][rows]), real[1][rows])
-
+    model, optimizer = digits_momentum_sgd.fresh_student(3, torch.float64)
+    outer = digits_momentum_sgd.outer_loss(real, 3, batch=64)
     lr = log_lr.detach().exp().requires_grad_()
     want = unrolled_meta_gradient(model, digits_momentum_sgd.inner_loss, outer, 6,
                                   meta=(synthetic,), optimizer=optimizer, lr=lr)
